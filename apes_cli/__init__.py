@@ -1,0 +1,1 @@
+"""The apes-cli command line: Typer app, options, progress bars and error messages."""

@@ -1,0 +1,70 @@
+"""Shared CLI plumbing: params loading, progress bars, and turning ApesError into a clear exit."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from tqdm import tqdm
+
+from stages.config import Params, load_params
+from stages.errors import ApesError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ParamsOption = Annotated[
+    Path, typer.Option("--params", help="The params.yaml to read (the single source of configuration).")
+]
+
+
+class Bar:
+    """A tqdm progress bar per phase, on stderr; hidden when stderr is not a terminal and CI is set."""
+
+    def __init__(self) -> None:
+        self._bar: tqdm | None = None
+
+    def start(self, total: int, description: str) -> None:
+        """Open a bar for a new phase."""
+        self.close()
+        self._bar = tqdm(total=total, desc=description, unit="it", file=sys.stderr, dynamic_ncols=True,
+                         mininterval=0.5, leave=True)
+
+    def advance(self, amount: int = 1) -> None:
+        """Move the current bar."""
+        if self._bar is not None:
+            self._bar.update(amount)
+
+    def close(self) -> None:
+        """Finish the current bar."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def read_params(path: Path) -> Params:
+    """Load params.yaml, turning a problem into a clear error."""
+    return load_params(path)
+
+
+def print_metrics(metrics: dict[str, Any]) -> None:
+    """Echo a stage's metrics as compact JSON on stdout."""
+    typer.echo(json.dumps(metrics, sort_keys=True))
+
+
+def friendly_errors(func: F) -> F:
+    """Report ApesError as one line on stderr with exit code 2, without a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ApesError as error:
+            typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(code=2) from None
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,42 @@
+"""apes-cli: every pipeline stage as a subcommand, in pipeline order."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from apes_cli.commands import crop, decode, download, evaluate, mel, report, synth, train, triplets
+from stages import __version__
+
+app = typer.Typer(
+    name="apes-cli",
+    help=(
+        "Audiovisual person search (APES), from untrimmed video to the benchmark tables.\n\n"
+        "The pipeline, in order (each step is a DVC stage in dvc.yaml; `dvc repro` runs them all):\n\n"
+        "synth or download -> decode -> crop -> mel -> triplets -> train -> evaluate -> report\n\n"
+        "Every subcommand reads params.yaml and writes metrics/<stage>.json."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"apes-cli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Audiovisual person search toolkit."""
+
+
+for module in (synth, download, decode, crop, mel, triplets, train, evaluate, report):
+    app.command(module.NAME, help=module.HELP)(module.command)

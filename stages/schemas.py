@@ -1,0 +1,78 @@
+"""Explicit Arrow schemas of every table the stages exchange (documented in docs/data.md)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+# One row per annotated face box, joined to its APES identity (the loader's output).
+BOXES = pa.schema([
+    ("video_id", pa.string()),
+    ("split", pa.string()),
+    ("frame_timestamp", pa.float64()),
+    ("x1", pa.float32()),
+    ("y1", pa.float32()),
+    ("x2", pa.float32()),
+    ("y2", pa.float32()),
+    ("label", pa.string()),
+    ("entity_id", pa.string()),
+    ("identity", pa.string()),        # null when the APES file has no row for the track
+    ("ambiguous", pa.bool_()),        # APES identity is EXTRA_OR_AMBIGUOUS
+    ("source_line", pa.int32()),      # 1-based line in the AVA CSV, for error messages
+])
+
+# decode: which video frame each annotated timestamp maps to.
+FRAME_PLAN = pa.schema([
+    ("video_id", pa.string()),
+    ("frame_timestamp", pa.float64()),
+    ("frame_index", pa.int32()),
+    ("fps", pa.float64()),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+])
+
+# crop: one row per kept face box; `image` is raw uint8 RGB, size x size x 3 (metadata: crop_size).
+CROPS = pa.schema([
+    ("video_id", pa.string()),
+    ("split", pa.string()),
+    ("entity_id", pa.string()),
+    ("identity", pa.string()),
+    ("frame_timestamp", pa.float64()),
+    ("label", pa.string()),
+    ("x1", pa.float32()),
+    ("y1", pa.float32()),
+    ("x2", pa.float32()),
+    ("y2", pa.float32()),
+    ("image", pa.binary()),
+])
+
+# mel: one row per voice snippet under a track's speech; `mel` is float32 n_mels x frames, row-major
+# (metadata: n_mels, frames).
+MELS = pa.schema([
+    ("video_id", pa.string()),
+    ("split", pa.string()),
+    ("entity_id", pa.string()),
+    ("identity", pa.string()),
+    ("start", pa.float64()),
+    ("label", pa.string()),
+    ("mel", pa.binary()),
+])
+
+# triplets: one row per tracklet of a task's train split, with its positive bag per strategy.
+TRACKLETS = pa.schema([
+    ("task", pa.string()),
+    ("track", pa.int32()),            # index into this table (per task)
+    ("video_id", pa.string()),
+    ("entity_id", pa.string()),
+    ("identity", pa.string()),
+    ("n_crops", pa.int32()),
+    ("n_snippets", pa.int32()),
+    ("positives", pa.list_(pa.int32())),  # other tracklets of the same identity (Within/Across)
+])
+
+# evaluate --embeddings: anyone's tracklet embeddings.
+EMBEDDINGS = pa.schema([
+    ("video_id", pa.string()),
+    ("entity_id", pa.string()),
+    ("identity", pa.string()),
+    ("embedding", pa.list_(pa.float32())),
+])
