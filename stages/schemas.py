@@ -20,17 +20,13 @@ BOXES = pa.schema([
     ("source_line", pa.int32()),      # 1-based line in the AVA CSV, for error messages
 ])
 
-# decode: which video frame each annotated timestamp maps to.
-FRAME_PLAN = pa.schema([
-    ("video_id", pa.string()),
-    ("frame_timestamp", pa.float64()),
-    ("frame_index", pa.int32()),
-    ("fps", pa.float64()),
-    ("width", pa.int32()),
-    ("height", pa.int32()),
-])
+# decode: the validated boxes of one video plus the frame each timestamp maps to (the nearest frame,
+# round(t * fps)). Schema metadata: fps, width, height, duration, video, audio, audio_start,
+# audio_samples, sample_rate, fingerprint (docs/media.md).
+FRAME_PLAN = pa.schema(list(BOXES) + [pa.field("frame_index", pa.int32())])
 
-# crop: one row per kept face box; `image` is raw uint8 RGB, size x size x 3 (metadata: crop_size).
+# crop: one row per kept face box, in frame order; `image` is raw uint8 RGB, size x size x 3, row-major
+# (metadata: crop_size, crop_margin, image_format=raw_rgb_uint8). Read with stages.shards.read_crops.
 CROPS = pa.schema([
     ("video_id", pa.string()),
     ("split", pa.string()),
@@ -45,8 +41,9 @@ CROPS = pa.schema([
     ("image", pa.binary()),
 ])
 
-# mel: one row per voice snippet under a track's speech; `mel` is float32 n_mels x frames, row-major
-# (metadata: n_mels, frames).
+# mel: one row per voice snippet under a track's audible speech; `start` is seconds from the start of
+# the video file; `mel` is float32 log-mel n_mels x frames, row-major (metadata: n_mels, frames,
+# sample_rate, snippet_seconds, hop_length). Read with stages.shards.read_mels.
 MELS = pa.schema([
     ("video_id", pa.string()),
     ("split", pa.string()),

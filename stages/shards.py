@@ -1,0 +1,162 @@
+"""Per-video Parquet shards of crops and mels: readers for downstream stages, and the shared write/resume rules.
+
+Layout: <dir>/<split>/<video_id>.parquet, one shard per video, written atomically. Shape metadata lives
+in each shard's schema metadata (docs/media.md):
+  crops: crop_size, crop_margin, image_format   -> `image` is uint8 crop_size x crop_size x 3
+  mels:  n_mels, frames, sample_rate, ...        -> `mel` is float32 n_mels x frames
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from stages.atomic import atomic_path
+from stages.errors import DataError
+
+FINGERPRINT_KEY = "fingerprint"
+STATS_KEY = "stats"
+
+
+def shard_paths(directory: str | Path, split: str) -> list[Path]:
+    """The shards of one split, sorted by video id."""
+    folder = Path(directory) / split
+    if not folder.is_dir():
+        raise DataError(folder, f"no shards for split '{split}' (run the stage that writes them first)")
+    return sorted(folder.glob("*.parquet"))
+
+
+def metadata(schema: pa.Schema) -> dict[str, str]:
+    """A shard's schema metadata as text."""
+    return {key.decode(): value.decode() for key, value in (schema.metadata or {}).items()}
+
+
+def with_metadata(schema: pa.Schema, values: dict[str, Any]) -> pa.Schema:
+    """`schema` carrying `values` (non-strings as JSON) as its metadata."""
+    return schema.with_metadata({k: v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+                                 for k, v in values.items()})
+
+
+def is_complete(path: Path, fingerprint: str) -> bool:
+    """A shard is complete when it exists (writes are atomic) and was made from the same inputs and params."""
+    if not path.is_file():
+        return False
+    try:
+        return metadata(pq.read_schema(path)).get(FINGERPRINT_KEY) == fingerprint
+    except (OSError, pa.ArrowInvalid):
+        return False
+
+
+def shard_stats(path: Path) -> dict[str, Any]:
+    """The per-video counts a stage stored in a shard (so a resumed run reports the same metrics)."""
+    stored = pq.read_metadata(path).metadata or {}
+    return json.loads(stored.get(STATS_KEY.encode(), b"{}"))
+
+
+class ShardWriter:
+    """Write one shard in row groups to a temporary file; it appears under its final name only on close()."""
+
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        self._context = atomic_path(path)
+        self._tmp = self._context.__enter__()
+        self._schema = schema
+        self._writer = pq.ParquetWriter(self._tmp, schema, compression="zstd")
+
+    def write(self, columns: dict[str, Any]) -> None:
+        """Append one row group."""
+        self._writer.write_table(pa.table(columns, schema=self._schema))
+
+    def close(self, stats: dict[str, Any]) -> None:
+        """Finish the file (stats go into the footer metadata) and move it into place."""
+        self._writer.add_key_value_metadata({STATS_KEY: json.dumps(stats, sort_keys=True)})
+        self._writer.close()
+        self._context.__exit__(None, None, None)
+
+    def abort(self, error: BaseException) -> None:
+        """Drop the temporary file."""
+        self._writer.close()
+        self._context.__exit__(type(error), error, error.__traceback__)
+
+
+def binary_to_array(column: pa.ChunkedArray | pa.Array, shape: tuple[int, ...], dtype: Any,
+                    file: str | Path = "") -> np.ndarray:
+    """Turn a binary column of equal-sized items into one (rows, *shape) array without a Python loop."""
+    dtype = np.dtype(dtype)
+    item = int(np.prod(shape)) * dtype.itemsize
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    parts = []
+    for chunk in chunks:
+        if len(chunk) == 0:
+            continue
+        if chunk.null_count:
+            raise DataError(file, "null item in a binary column")
+        offsets = np.frombuffer(chunk.buffers()[1], np.int32)[chunk.offset: chunk.offset + len(chunk) + 1]
+        if np.any(np.diff(offsets) != item):
+            raise DataError(file, f"items of {np.diff(offsets)[0]} bytes, expected {item} for shape {shape}")
+        data = np.frombuffer(chunk.buffers()[2], np.uint8)[offsets[0]: offsets[-1]]
+        parts.append(data.view(dtype).reshape((len(chunk), *shape)))
+    if not parts:
+        return np.empty((0, *shape), dtype)
+    return parts[0].copy() if len(parts) == 1 else np.concatenate(parts)
+
+
+def _read(directory: str | Path, split: str, column: str, shape_of) -> tuple[np.ndarray, pa.Table]:
+    arrays, keys = [], []
+    shape: tuple[int, ...] | None = None
+    dtype = None
+    for path in shard_paths(directory, split):
+        table = pq.read_table(path)
+        this_shape, this_dtype = shape_of(metadata(table.schema), path)
+        if shape is not None and this_shape != shape:
+            raise DataError(path, f"shape {this_shape} differs from the other shards' {shape}")
+        shape, dtype = this_shape, this_dtype
+        arrays.append(binary_to_array(table[column], this_shape, this_dtype, path))
+        keys.append(table.drop_columns([column]).replace_schema_metadata(None))
+    if shape is None:
+        raise DataError(Path(directory) / split, "no shards")
+    return np.concatenate(arrays), pa.concat_tables(keys)
+
+
+def _crop_shape(meta: dict[str, str], path: Path) -> tuple[tuple[int, ...], Any]:
+    if "crop_size" not in meta:
+        raise DataError(path, "missing crop_size in the schema metadata (not written by `apes-cli crop`?)")
+    size = int(meta["crop_size"])
+    return (size, size, 3), np.uint8
+
+
+def _mel_shape(meta: dict[str, str], path: Path) -> tuple[tuple[int, ...], Any]:
+    if "n_mels" not in meta or "frames" not in meta:
+        raise DataError(path, "missing n_mels/frames in the schema metadata (not written by `apes-cli mel`?)")
+    return (int(meta["n_mels"]), int(meta["frames"])), np.float32
+
+
+def read_crops(directory: str | Path, split: str) -> tuple[np.ndarray, pa.Table]:
+    """All crops of a split: uint8 (N, size, size, 3) RGB and a table of the other columns, row-aligned."""
+    return _read(directory, split, "image", _crop_shape)
+
+
+def read_mels(directory: str | Path, split: str) -> tuple[np.ndarray, pa.Table]:
+    """All snippets of a split: float32 (N, n_mels, frames) log-mels and a table of the other columns."""
+    return _read(directory, split, "mel", _mel_shape)
+
+
+def iter_crops(directory: str | Path, split: str) -> Iterator[tuple[np.ndarray, pa.Table]]:
+    """Like read_crops, one video at a time (memory stays flat)."""
+    for path in shard_paths(directory, split):
+        table = pq.read_table(path)
+        shape, dtype = _crop_shape(metadata(table.schema), path)
+        yield binary_to_array(table["image"], shape, dtype, path), table.drop_columns(["image"])
+
+
+def iter_mels(directory: str | Path, split: str) -> Iterator[tuple[np.ndarray, pa.Table]]:
+    """Like read_mels, one video at a time."""
+    for path in shard_paths(directory, split):
+        table = pq.read_table(path)
+        shape, dtype = _mel_shape(metadata(table.schema), path)
+        yield binary_to_array(table["mel"], shape, dtype, path), table.drop_columns(["mel"])

@@ -1,0 +1,208 @@
+"""ffmpeg helpers: probe a video, read 16 kHz mono audio of a window, stream chosen frames as RGB arrays.
+
+ffmpeg is the imageio-ffmpeg binary, driven through ffmpeg-python. Frame `k` is the k-th frame of the
+video stream (time k / fps from the stream start); a constant frame rate is assumed (AVA and the
+synthetic videos are CFR). See docs/media.md.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tempfile
+import wave
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import ffmpeg
+import imageio_ffmpeg
+import numpy as np
+
+from stages.errors import DataError
+
+# Decoding through a gap this long costs more than seeking again (seek = decode from the last keyframe).
+SEEK_GAP_SECONDS = 10.0
+# ffmpeg prints frame rates rounded to 2 decimals; these are the exact NTSC rates behind the rounded ones.
+_NTSC_RATES = tuple(n * 1000 / 1001 for n in (24, 30, 48, 60, 120))
+_GLOBAL_ARGS = ("-hide_banner", "-nostdin", "-loglevel", "error")
+
+
+@lru_cache(maxsize=1)
+def ffmpeg_exe() -> str:
+    """Path of the static ffmpeg shipped in the imageio-ffmpeg wheel."""
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What `ffmpeg -i` says about a file's first video stream and its audio."""
+
+    path: Path
+    fps: float
+    width: int
+    height: int
+    duration: float | None
+    has_audio: bool
+
+    @property
+    def frame_count(self) -> int | None:
+        """Frames in the stream (from the container duration; None when the container does not say)."""
+        return None if self.duration is None else int(round(self.duration * self.fps))
+
+
+def _exact_fps(value: float) -> float:
+    for rate in _NTSC_RATES:
+        if abs(round(rate, 2) - value) < 0.006:
+            return rate
+    return value
+
+
+def _rate(text: str) -> float:
+    return float(text[:-1]) * 1000 if text.endswith("k") else float(text)
+
+
+def probe(path: str | Path) -> VideoInfo:
+    """Parse `ffmpeg -i` (there is no ffprobe) for size, frame rate, duration and audio presence."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "video file not found")
+    result = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)],
+                            capture_output=True, text=True, errors="replace")
+    text = result.stderr
+    if "Input #0" not in text:
+        last = text.strip().splitlines()[-1] if text.strip() else "no output"
+        raise DataError(path, f"unreadable video (ffmpeg: {last})")
+    video = [line for line in text.splitlines()
+             if re.search(r"Stream #\d+:\d+.*: Video: ", line) and "attached pic" not in line]
+    if not video:
+        raise DataError(path, "no video stream")
+    size = re.search(r", (\d{2,5})x(\d{2,5})[\s,\[]", video[0] + " ")
+    rate = re.search(r"([\d.]+k?) fps", video[0]) or re.search(r"([\d.]+k?) tbr", video[0])
+    if size is None or rate is None or _rate(rate.group(1)) <= 0:
+        raise DataError(path, f"cannot read frame size and rate from: {video[0].strip()}")
+    duration = re.search(r"Duration: (\d+):(\d+):([\d.]+)", text)
+    seconds = None
+    if duration is not None:
+        h, m, s = duration.groups()
+        seconds = int(h) * 3600 + int(m) * 60 + float(s)
+    return VideoInfo(
+        path=path,
+        fps=_exact_fps(_rate(rate.group(1))),
+        width=int(size.group(1)),
+        height=int(size.group(2)),
+        duration=seconds,
+        has_audio=re.search(r"Stream #\d+:\d+.*: Audio: ", text) is not None,
+    )
+
+
+def frame_indices(timestamps: np.ndarray, fps: float) -> np.ndarray:
+    """Index of the frame nearest to each timestamp (seconds from the start of the file)."""
+    return np.floor(np.asarray(timestamps, np.float64) * fps + 0.5 + 1e-6).astype(np.int64)
+
+
+def read_audio(info: VideoInfo, start: float, duration: float, sample_rate: int) -> np.ndarray:
+    """Decode [start, start + duration) of the first audio stream as mono int16 at `sample_rate`."""
+    if not info.has_audio:
+        raise DataError(info.path, "no audio stream: the voice snippets need the soundtrack")
+    stream = (
+        ffmpeg.input(str(info.path), ss=f"{start:.6f}", t=f"{duration:.6f}")["a:0"]
+        .output("pipe:", format="s16le", acodec="pcm_s16le", ac=1, ar=sample_rate)
+        .global_args(*_GLOBAL_ARGS)
+    )
+    try:
+        out, _ = stream.run(cmd=ffmpeg_exe(), capture_stdout=True, capture_stderr=True)
+    except ffmpeg.Error as error:
+        message = error.stderr.decode(errors="replace").strip().splitlines()
+        raise DataError(info.path, f"cannot decode audio ({message[-1] if message else 'ffmpeg failed'})") from None
+    samples = np.frombuffer(out, np.int16)
+    if samples.size == 0:
+        raise DataError(info.path, f"zero-length audio in the annotated window {start:.2f}-{start + duration:.2f} s")
+    return samples
+
+
+def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int) -> None:
+    """Write mono int16 PCM (the caller makes it atomic)."""
+    with wave.open(str(path), "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(sample_rate)
+        handle.writeframes(np.ascontiguousarray(samples, np.int16).tobytes())
+
+
+def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
+    """Read a mono int16 WAV as float32 in [-1, 1) and its sample rate."""
+    try:
+        with wave.open(str(path), "rb") as handle:
+            if handle.getnchannels() != 1 or handle.getsampwidth() != 2:
+                raise DataError(path, "expected mono 16-bit PCM (written by `apes-cli decode`)")
+            rate = handle.getframerate()
+            data = handle.readframes(handle.getnframes())
+    except (wave.Error, EOFError) as error:
+        raise DataError(path, f"unreadable WAV ({error})") from None
+    return np.frombuffer(data, np.int16).astype(np.float32) / 32768.0, rate
+
+
+def _segments(indices: Sequence[int], gap: int) -> list[tuple[int, int]]:
+    """Split sorted frame indices into [first, last] runs, starting a new run after a long gap."""
+    runs: list[tuple[int, int]] = []
+    for index in indices:
+        if runs and index - runs[-1][1] <= gap:
+            runs[-1] = (runs[-1][0], index)
+        else:
+            runs.append((index, index))
+    return runs
+
+
+def _read_exact(stream, view: memoryview) -> bool:
+    """Fill `view` from the pipe; False at end of stream."""
+    filled = 0
+    while filled < len(view):
+        count = stream.readinto(view[filled:])
+        if not count:
+            return False
+        filled += count
+    return True
+
+
+def iter_frames(info: VideoInfo, indices: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (frame index, HxWx3 RGB view) for sorted unique `indices`, seeking to each run of them.
+
+    The yielded array is reused: it is valid until the next iteration.
+    """
+    indices = np.asarray(indices, np.int64)
+    frame = np.empty((info.height, info.width, 3), np.uint8)
+    view = memoryview(frame.reshape(-1))
+    gap = max(1, int(SEEK_GAP_SECONDS * info.fps))
+    for first, last in _segments(indices, gap):
+        # Accurate input seek: ffmpeg decodes from the previous keyframe and drops frames before
+        # `ss`; seeking half a frame early makes frame `first` the first one out.
+        seek = max(0.0, (first - 0.5) / info.fps)
+        stream = (
+            ffmpeg.input(str(info.path), ss=f"{seek:.6f}")["v:0"]
+            .output("pipe:", format="rawvideo", pix_fmt="rgb24", vframes=last - first + 1,
+                    fps_mode="passthrough")
+            .global_args(*_GLOBAL_ARGS)
+        )
+        with tempfile.TemporaryFile() as errors:
+            process = subprocess.Popen(stream.compile(cmd=ffmpeg_exe()), stdout=subprocess.PIPE, stderr=errors)
+            try:
+                wanted = iter(indices[np.searchsorted(indices, first):np.searchsorted(indices, last, "right")])
+                target = next(wanted)
+                for current in range(first, last + 1):
+                    if not _read_exact(process.stdout, view):
+                        errors.seek(0)
+                        message = errors.read().decode(errors="replace").strip().splitlines()
+                        detail = f" (ffmpeg: {message[-1]})" if message else ""
+                        raise DataError(info.path, f"video ended before frame {current} "
+                                                   f"(t={current / info.fps:.3f} s) that the annotations need: "
+                                                   f"truncated or unreadable{detail}")
+                    if current == target:
+                        yield int(current), frame
+                        target = next(wanted, -1)
+            finally:
+                process.stdout.close()
+                if process.poll() is None:
+                    process.kill()
+                process.wait()
