@@ -13,7 +13,8 @@ mean over a video's queries, then the mean over videos. Conventions (docs/evalua
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -88,6 +89,47 @@ def _aggregate(per_video: list[dict[str, float]], queries: int, skipped: int, sk
     return result
 
 
+@dataclass(frozen=True)
+class VideoResult:
+    """One video's evaluated queries: tracklet rows (in entity-id order) and per-query fractions."""
+
+    rows: np.ndarray
+    queries: np.ndarray
+    metrics: dict[str, np.ndarray]
+
+
+def per_video_queries(
+    video_ids: Sequence[str],
+    identities: Sequence[str],
+    embeddings: np.ndarray,
+    entity_ids: Sequence[str] | None = None,
+) -> Iterator[VideoResult]:
+    """Per-query metrics of every video; `queries` indexes `rows` and excludes queries without a positive."""
+    embeddings = np.asarray(embeddings)
+    n = len(video_ids)
+    if embeddings.ndim != 2 or embeddings.shape[0] != n:
+        raise ValueError(f"expected embeddings of shape ({n}, dim), got {embeddings.shape}")
+    codes = _identity_codes(identities, n)
+    for rows in _video_groups(video_ids, entity_ids):
+        ident = codes[rows]
+        same = ident[:, None] == ident[None, :]
+        np.fill_diagonal(same, False)
+        valid = np.flatnonzero(same.any(axis=1))
+        metrics: dict[str, list[np.ndarray]] = {key: [] for key in METRIC_KEYS}
+        if len(valid):
+            distances = squared_distances(embeddings[rows])
+            gallery_mask = ~np.eye(len(rows), dtype=bool)
+            for start in range(0, len(valid), _ROW_BLOCK):
+                block = valid[start:start + _ROW_BLOCK]
+                mask = gallery_mask[block]
+                gallery_d = distances[block][mask].reshape(len(block), -1)
+                gallery_rel = same[block][mask].reshape(len(block), -1)
+                for key, values in query_metrics(gallery_d, gallery_rel).items():
+                    metrics[key].append(values)
+        yield VideoResult(rows, valid, {key: np.concatenate(parts) if parts else np.zeros(0)
+                                        for key, parts in metrics.items()})
+
+
 def ranking_metrics(
     video_ids: Sequence[str],
     identities: Sequence[str],
@@ -95,34 +137,15 @@ def ranking_metrics(
     entity_ids: Sequence[str] | None = None,
 ) -> dict:
     """mAP, P@1/5/10 and R@10/50/100 in percent (mean per video, then over videos), with counts."""
-    embeddings = np.asarray(embeddings)
-    n = len(video_ids)
-    if embeddings.ndim != 2 or embeddings.shape[0] != n:
-        raise ValueError(f"expected embeddings of shape ({n}, dim), got {embeddings.shape}")
-    codes = _identity_codes(identities, n)
     per_video: list[dict[str, float]] = []
     queries = skipped = skipped_videos = 0
-    for rows in _video_groups(video_ids, entity_ids):
-        ident = codes[rows]
-        same = ident[:, None] == ident[None, :]
-        np.fill_diagonal(same, False)
-        valid = np.flatnonzero(same.any(axis=1))
-        skipped += len(rows) - len(valid)
-        if len(valid) == 0:
+    for video in per_video_queries(video_ids, identities, embeddings, entity_ids):
+        skipped += len(video.rows) - len(video.queries)
+        if len(video.queries) == 0:
             skipped_videos += 1
             continue
-        queries += len(valid)
-        distances = squared_distances(embeddings[rows])
-        gallery_mask = ~np.eye(len(rows), dtype=bool)
-        sums = dict.fromkeys(METRIC_KEYS, 0.0)
-        for start in range(0, len(valid), _ROW_BLOCK):
-            block = valid[start:start + _ROW_BLOCK]
-            mask = gallery_mask[block]
-            gallery_d = distances[block][mask].reshape(len(block), -1)
-            gallery_rel = same[block][mask].reshape(len(block), -1)
-            for key, values in query_metrics(gallery_d, gallery_rel).items():
-                sums[key] += float(values.sum())
-        per_video.append({key: 100.0 * total / len(valid) for key, total in sums.items()})
+        queries += len(video.queries)
+        per_video.append({key: 100.0 * float(values.mean()) for key, values in video.metrics.items()})
     return _aggregate(per_video, queries, skipped, skipped_videos)
 
 
