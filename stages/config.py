@@ -40,8 +40,8 @@ class SynthParams:
 
     train_videos: int = 12
     val_videos: int = 4
-    shots_per_video: int = 70
-    shot_seconds: tuple[float, float] = (1.0, 3.0)
+    shots_per_video: int = 65
+    shot_seconds: tuple[float, float] = (1.0, 2.5)
     intro_seconds: float = 2.0
     identities_per_video: tuple[int, int] = (8, 14)
     width: int = 640
@@ -55,6 +55,9 @@ class SynthParams:
     voice_similarity: float = 0.6
     snr_db: tuple[float, float] = (0.0, 15.0)
     music_share: float = 0.5
+    overlap_share: float = 0.15
+    reverb: float = 0.5
+    workers: int = 0
 
     def validate(self, key: str) -> None:
         _check(self.train_videos >= 1, f"{key}.train_videos", "expected at least 1")
@@ -67,9 +70,10 @@ class SynthParams:
         _check(self.width >= 64 and self.height >= 64, f"{key}.width", "expected a frame of at least 64x64")
         _check(1 <= self.fps <= 60, f"{key}.fps", "expected 1..60")
         for name in ("silent_share", "ambiguous_share", "not_audible_share", "offscreen_speech_share",
-                     "nuisance", "voice_similarity", "music_share"):
+                     "nuisance", "voice_similarity", "music_share", "overlap_share", "reverb"):
             _check(0.0 <= getattr(self, name) <= 1.0, f"{key}.{name}", "expected a value in [0, 1]")
         _check(self.snr_db[0] <= self.snr_db[1], f"{key}.snr_db", "expected min <= max")
+        _check(self.workers >= 0, f"{key}.workers", "expected >= 0 (0 = one per core)")
 
 
 @dataclass(frozen=True)

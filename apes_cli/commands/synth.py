@@ -1,13 +1,46 @@
-"""apes-cli synth (being built)."""
+"""apes-cli synth: generate the embedded mini-APES data set."""
 
 from __future__ import annotations
 
-from stages.errors import ApesError
+import dataclasses
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from apes_cli.common import Bar, ParamsOption, friendly_errors, print_metrics, read_params
+from stages.errors import ConfigError
+from stages.synth import synthesize
 
 NAME = "synth"
-HELP = "Stage 'synth' (being built)."
+HELP = ("Generate the embedded mini-APES: untrimmed mp4 videos (procedural faces, espeak-ng voices, music "
+        "and noise), AVA-ActiveSpeaker CSVs, APES identity CSVs and the file list, in the raw layout of "
+        "docs/data.md. Deterministic for a seed; sizes and difficulty knobs are in params.yaml `synth:`.")
 
 
-def command() -> None:
-    """Not built yet."""
-    raise ApesError("stage 'synth' is not built yet")
+@friendly_errors
+def command(
+    params: ParamsOption = Path("params.yaml"),
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", help="Raw layout folder to write (replaced whole). Default: data.raw_dir from params.")] = None,
+    seed: Annotated[Optional[int], typer.Option(
+        "--seed", help="Random seed of the generator. Default: `seed` from params.")] = None,
+    workers: Annotated[Optional[int], typer.Option(
+        "--workers", help="Videos rendered in parallel (0 = one per core). Default: synth.workers.")] = None,
+    metrics: Annotated[Path, typer.Option(
+        "--metrics", help="Where to write the data set statistics (JSON).")] = Path("metrics/synth.json"),
+) -> None:
+    """Generate the embedded data set."""
+    loaded = read_params(params)
+    synth = loaded.synth
+    if workers is not None:
+        if workers < 0:
+            raise ConfigError("--workers", "expected >= 0 (0 = one per core)")
+        synth = dataclasses.replace(synth, workers=workers)
+    bar = Bar()
+    try:
+        result = synthesize(synth, loaded.seed if seed is None else seed,
+                            out if out is not None else Path(loaded.data.raw_dir), metrics, bar)
+    finally:
+        bar.close()
+    print_metrics(result)
