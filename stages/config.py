@@ -102,10 +102,12 @@ class DecodeParams:
 
     workers: int = 0
     sample_rate: int = 16000
+    audio_margin_seconds: float = 1.0
 
     def validate(self, key: str) -> None:
         _check(self.workers >= 0, f"{key}.workers", "expected >= 0 (0 = one per core)")
         _check(8000 <= self.sample_rate <= 48000, f"{key}.sample_rate", "expected 8000..48000")
+        _check(0.0 <= self.audio_margin_seconds <= 10.0, f"{key}.audio_margin_seconds", "expected 0..10 seconds")
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,7 @@ class MelParams:
     win_length: int = 400
     hop_length: int = 160
     batch_size: int = 512
+    workers: int = 0
 
     def validate(self, key: str) -> None:
         _check(0.05 <= self.snippet_seconds <= 5.0, f"{key}.snippet_seconds", "expected 0.05..5 seconds")
@@ -141,6 +144,7 @@ class MelParams:
         _check(self.win_length <= self.n_fft, f"{key}.win_length", "expected <= n_fft")
         _check(self.hop_length >= 1, f"{key}.hop_length", "expected >= 1")
         _check(self.batch_size >= 1, f"{key}.batch_size", "expected >= 1")
+        _check(self.workers >= 0, f"{key}.workers", "expected >= 0 (0 = one per core)")
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,32 @@ from stages.errors import DataError
 
 FINGERPRINT_KEY = "fingerprint"
 STATS_KEY = "stats"
+PLAN_DIR = "plan"
+AUDIO_DIR = "audio"
+
+
+def shard_path(directory: str | Path, split: str, video_id: str) -> Path:
+    """<directory>/<split>/<video_id>.parquet: one video's crops, mels or frame plan."""
+    return Path(directory) / split / f"{video_id}.parquet"
+
+
+def plan_path(decoded_dir: str | Path, split: str, video_id: str) -> Path:
+    """The frame plan `decode` writes for one video (schema FRAME_PLAN)."""
+    return shard_path(Path(decoded_dir) / PLAN_DIR, split, video_id)
+
+
+def audio_path(decoded_dir: str | Path, split: str, video_id: str) -> Path:
+    """The 16 kHz mono WAV `decode` writes for one video (the annotated window; start in the plan metadata)."""
+    return Path(decoded_dir) / AUDIO_DIR / split / f"{video_id}.wav"
+
+
+def plan_paths(decoded_dir: str | Path, split: str) -> list[Path]:
+    """Every frame plan of a split, sorted by video id; an error when `decode` has not run."""
+    folder = Path(decoded_dir) / PLAN_DIR / split
+    plans = sorted(folder.glob("*.parquet"))
+    if not plans:
+        raise DataError(folder, f"no frame plans for split '{split}': run `apes-cli decode` first")
+    return plans
 
 
 def shard_paths(directory: str | Path, split: str) -> list[Path]:
@@ -68,9 +94,9 @@ class ShardWriter:
         self._schema = schema
         self._writer = pq.ParquetWriter(self._tmp, schema, compression="zstd")
 
-    def write(self, columns: dict[str, Any]) -> None:
-        """Append one row group."""
-        self._writer.write_table(pa.table(columns, schema=self._schema))
+    def write(self, table: pa.Table) -> None:
+        """Append one row group (columns in schema order)."""
+        self._writer.write_table(table.cast(self._schema))
 
     def close(self, stats: dict[str, Any]) -> None:
         """Finish the file (stats go into the footer metadata) and move it into place."""

@@ -1,13 +1,51 @@
-"""apes-cli crop (being built)."""
+"""apes-cli crop: cut every labelled face box into per-video Parquet shards of crops."""
 
 from __future__ import annotations
 
-from stages.errors import ApesError
+import dataclasses
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from apes_cli.commands.decode import SplitOption, check_splits, check_workers
+from apes_cli.common import Bar, ParamsOption, friendly_errors, print_metrics, read_params
+from stages.atomic import write_json
+from stages.crop import crop
 
 NAME = "crop"
-HELP = "Stage 'crop' (being built)."
+HELP = ("Decode the planned frames with ffmpeg (seeking to the annotated windows) and cut every labelled, "
+        "non-ambiguous face box: clipped, squared with a margin, resized to crop.size. Writes "
+        "<out>/<split>/<video_id>.parquet (raw uint8 RGB crops; schema in docs/media.md). Zero-area "
+        "boxes and tracks without an APES identity are counted skips. Resumable.")
 
 
-def command() -> None:
-    """Not built yet."""
-    raise ApesError("stage 'crop' is not built yet")
+@friendly_errors
+def command(
+    params: ParamsOption = Path("params.yaml"),
+    raw: Annotated[Optional[Path], typer.Option(
+        "--raw", help="Raw layout folder (the videos). Default: data.raw_dir from params.")] = None,
+    decoded: Annotated[Path, typer.Option("--decoded", help="Output folder of `decode`.")] = Path("data/decoded"),
+    out: Annotated[Path, typer.Option("--out", help="Output folder for crop shards.")] = Path("data/crops"),
+    size: Annotated[Optional[int], typer.Option(
+        "--size", help="Crop side in pixels (paper 124). Default: crop.size.")] = None,
+    workers: Annotated[Optional[int], typer.Option(
+        "--workers", help="Videos processed in parallel (0 = one per core). Default: crop.workers.")] = None,
+    split: SplitOption = None,
+    metrics: Annotated[Path, typer.Option("--metrics", help="Where to write the stage metrics (JSON).")] = Path(
+        "metrics/crop.json"),
+) -> None:
+    """Cut face crops for every planned video."""
+    loaded = read_params(params)
+    check_workers(workers)
+    overrides = {k: v for k, v in (("workers", workers), ("size", size)) if v is not None}
+    settings = dataclasses.replace(loaded.crop, **overrides)
+    settings.validate("crop")
+    bar = Bar()
+    try:
+        result = crop(raw if raw is not None else Path(loaded.data.raw_dir), decoded, out, settings,
+                      check_splits(split), bar)
+    finally:
+        bar.close()
+    write_json(metrics, result)
+    print_metrics(result)

@@ -1,13 +1,44 @@
-"""apes-cli mel (being built)."""
+"""apes-cli mel: log-mel spectrograms of voice snippets under each track's audible speech."""
 
 from __future__ import annotations
 
-from stages.errors import ApesError
+import dataclasses
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from apes_cli.commands.decode import SplitOption, check_splits, check_workers
+from apes_cli.common import Bar, ParamsOption, friendly_errors, print_metrics, read_params
+from stages.atomic import write_json
+from stages.mel import mel
 
 NAME = "mel"
-HELP = "Stage 'mel' (being built)."
+HELP = ("For each labelled face track, cut mel.snippet_seconds snippets of the decoded 16 kHz audio under its "
+        "SPEAKING_AUDIBLE runs (Seen & Heard only) and turn them into log-mel spectrograms with torchaudio, "
+        "batched. Writes <out>/<split>/<video_id>.parquet (float32 n_mels x frames; schema in docs/media.md). "
+        "Resumable.")
 
 
-def command() -> None:
-    """Not built yet."""
-    raise ApesError("stage 'mel' is not built yet")
+@friendly_errors
+def command(
+    params: ParamsOption = Path("params.yaml"),
+    decoded: Annotated[Path, typer.Option("--decoded", help="Output folder of `decode`.")] = Path("data/decoded"),
+    out: Annotated[Path, typer.Option("--out", help="Output folder for mel shards.")] = Path("data/mels"),
+    workers: Annotated[Optional[int], typer.Option(
+        "--workers", help="Videos processed in parallel (0 = one per core). Default: mel.workers.")] = None,
+    split: SplitOption = None,
+    metrics: Annotated[Path, typer.Option("--metrics", help="Where to write the stage metrics (JSON).")] = Path(
+        "metrics/mel.json"),
+) -> None:
+    """Compute voice snippet log-mels for every decoded video."""
+    loaded = read_params(params)
+    check_workers(workers)
+    settings = loaded.mel if workers is None else dataclasses.replace(loaded.mel, workers=workers)
+    bar = Bar()
+    try:
+        result = mel(decoded, out, settings, check_splits(split), bar)
+    finally:
+        bar.close()
+    write_json(metrics, result)
+    print_metrics(result)
