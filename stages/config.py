@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -81,15 +82,25 @@ class DownloadParams:
     """Where the real AVA videos, annotations and APES labels come from."""
 
     base_url: str = "https://s3.amazonaws.com/ava-dataset"
-    apes_url: str = ""
+    apes_url: str = "https://github.com/fuankarion/audiovisual-person-search/raw/main/data"
     file_list: str = "ava_speech_file_names_v1.txt"
     limit: int = 0
     workers: int = 4
     retries: int = 5
     timeout_s: float = 60.0
+    backoff_s: float = 1.0
+    train_archive_md5: str = "0e6ebaacfb3a554199e319e0c26a1ec0"
+    val_archive_md5: str = "c00210f1d62caaf32759afb92b4562cc"
 
     def validate(self, key: str) -> None:
         _check(self.base_url.startswith(("http://", "https://")), f"{key}.base_url", "expected an http(s) URL")
+        _check(self.apes_url.startswith(("http://", "https://")), f"{key}.apes_url", "expected an http(s) URL")
+        _check(bool(self.file_list) and "/" not in self.file_list, f"{key}.file_list", "expected a file name")
+        _check(self.backoff_s >= 0, f"{key}.backoff_s", "expected >= 0 seconds")
+        for name in ("train_archive_md5", "val_archive_md5"):
+            value = getattr(self, name)
+            _check(value == "" or re.fullmatch(r"[0-9a-f]{32}", value) is not None, f"{key}.{name}",
+                   "expected 32 lowercase hex digits, or empty to skip the check")
         _check(self.limit >= 0, f"{key}.limit", "expected >= 0 (0 = all)")
         _check(self.workers >= 1, f"{key}.workers", "expected >= 1")
         _check(self.retries >= 0, f"{key}.retries", "expected >= 0")
