@@ -26,7 +26,7 @@ from stages.schemas import FRAME_PLAN
 from stages.shards import (AUDIO_DIR, FINGERPRINT_KEY, PLAN_DIR, STATS_KEY, audio_path, is_complete, plan_path,
                            shard_stats, with_metadata)
 from stages.video_io import VideoInfo, frame_indices, probe, read_audio, write_wav
-from stages.video_jobs import file_digest, fingerprint, map_videos, merge_stats, remove_orphans, resolve_workers
+from stages.video_jobs import file_digest, fingerprint, params_digest, map_videos, merge_stats, remove_orphans, resolve_workers
 
 @dataclasses.dataclass(frozen=True)
 class _Job:
@@ -52,7 +52,7 @@ def _check_in_video(job: _Job, info: VideoInfo, stamps: np.ndarray) -> None:
 def _decode_video(job: _Job, layout: RawLayout, out_dir: Path, params: DecodeParams) -> dict[str, Any]:
     video = layout.video_path(job.video_id)
     digest = fingerprint(file_digest(job.csv_path), job.apes_digest, video.name, video.stat().st_size,
-                         dataclasses.asdict(params))
+                         params_digest(params))
     target, wav = plan_path(out_dir, job.split, job.video_id), audio_path(out_dir, job.split, job.video_id)
     if is_complete(target, digest) and wav.is_file():
         return {**shard_stats(target), "resumed": 1}

@@ -7,7 +7,6 @@ snippets start every `snippet_hop_seconds`; a run shorter than one snippet gets 
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from stages.schemas import MELS
 from stages.shards import (FINGERPRINT_KEY, ShardWriter, is_complete, metadata, plan_paths, shard_path, shard_stats,
                            with_metadata)
 from stages.video_io import read_wav
-from stages.video_jobs import fingerprint, map_videos, merge_stats, remove_orphans, resolve_workers
+from stages.video_jobs import fingerprint, params_digest, map_videos, merge_stats, remove_orphans, resolve_workers
 
 SPEECH = "SPEAKING_AUDIBLE"
 DEFAULT_BOX_INTERVAL = 0.05  # AVA annotates about 20 boxes per second
@@ -80,7 +79,7 @@ def _mel_video(plan_file: Path, split: str, decoded_dir: Path, out_dir: Path, pa
     plan = pq.read_table(plan_file)
     meta = metadata(plan.schema)
     video_id = plan_file.stem
-    digest = fingerprint(meta.get(FINGERPRINT_KEY), dataclasses.asdict(params), "log-mel v1")
+    digest = fingerprint(meta.get(FINGERPRINT_KEY), params_digest(params), "log-mel v1")
     target = shard_path(out_dir, split, video_id)
     if is_complete(target, digest):
         return {**shard_stats(target), "resumed": 1}

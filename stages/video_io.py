@@ -98,8 +98,12 @@ def probe(path: str | Path) -> VideoInfo:
 
 
 def frame_indices(timestamps: np.ndarray, fps: float) -> np.ndarray:
-    """Index of the frame nearest to each timestamp (seconds from the start of the file)."""
-    return np.floor(np.asarray(timestamps, np.float64) * fps + 0.5 + 1e-6).astype(np.int64)
+    """Index of the frame nearest to each timestamp (seconds from the start of the file).
+
+    At an exact tie (20 boxes/s on 25 fps video: every 4th box) the earlier frame wins: it is the one
+    on screen at that instant. The epsilon keeps float noise from flipping ties.
+    """
+    return np.maximum(np.ceil(np.asarray(timestamps, np.float64) * fps - 0.5 - 1e-6), 0).astype(np.int64)
 
 
 def read_audio(info: VideoInfo, start: float, duration: float, sample_rate: int) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as futures
+import dataclasses
 import hashlib
 import json
 import os
@@ -32,6 +33,11 @@ def fingerprint(*parts: Any) -> str:
         digest.update(len(data).to_bytes(8, "little"))
         digest.update(data)
     return digest.hexdigest()
+
+
+def params_digest(params: Any) -> dict[str, Any]:
+    """A stage's params as they bear on its output (worker counts do not)."""
+    return {k: v for k, v in dataclasses.asdict(params).items() if k != "workers"}
 
 
 def file_digest(path: Path) -> str:
