@@ -1,0 +1,223 @@
+"""Stage 'report': gather every metrics/eval_*.json into the paper's Tables 3 and 4 (Markdown + JSON).
+
+Rows: Random (exact expectation), Untrained (random weights) per modality, then modality x sampling.
+Each cell is the mean over the seeds in `report.seeds` that have a metrics file, with the sample
+standard deviation when there are several; a cell with no file is shown as '—'. The paper's own
+numbers are printed alongside for reference. See docs/evaluation.md.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from stages.atomic import atomic_path, write_json
+from stages.config import MODALITIES, STRATEGIES, TASKS
+from stages.errors import DataError
+from stages.figures import retrieval_examples
+
+COLUMNS = ("R@10", "R@50", "R@100", "P@1", "P@5", "P@10", "mAP")
+MISSING = "—"
+TASK_TITLES = {"seen_heard": "Seen & Heard (paper Table 3)", "seen": "Seen (paper Table 4)"}
+MODALITY_TITLES = {"face": "Facial Matching", "voice": "Voice Matching", "crossmodal": "Cross-modal Matching"}
+PAPER_MODALITIES = {"seen_heard": MODALITIES, "seen": ("face",)}
+
+# The paper's Tables 3 and 4 (val split), in COLUMNS order.
+PAPER: dict[str, dict[str, tuple[float, ...]]] = {
+    "seen_heard": {
+        "random": (12.0, 52.9, 87.3, 18.1, 18.7, 18.4, 19.1),
+        "face/weak": (38.2, 74.5, 94.2, 80.0, 62.3, 49.9, 45.4),
+        "face/within": (48.1, 86.5, 98.1, 87.5, 74.0, 62.8, 64.1),
+        "face/across": (48.2, 86.3, 98.2, 88.0, 73.6, 62.6, 63.4),
+        "voice/weak": (17.4, 59.1, 89.4, 29.2, 26.9, 23.2, 20.5),
+        "voice/within": (18.2, 59.7, 89.9, 30.0, 26.7, 24.8, 21.8),
+        "voice/across": (17.7, 58.9, 89.5, 29.3, 26.6, 24.5, 22.0),
+        "crossmodal/weak": (38.2, 74.2, 94.3, 80.1, 62.0, 49.4, 47.9),
+        "crossmodal/within": (47.9, 87.1, 98.5, 85.9, 72.4, 61.2, 64.8),
+        "crossmodal/across": (48.1, 86.8, 98.3, 86.7, 73.3, 62.2, 63.6),
+    },
+    "seen": {
+        "random": (5.1, 26.0, 52.7, 17.2, 17.1, 16.9, 17.1),
+        "face/weak": (26.9, 54.5, 74.5, 82.2, 66.0, 54.6, 39.3),
+        "face/within": (33.1, 70.5, 87.4, 87.8, 77.3, 68.7, 58.8),
+        "face/across": (33.8, 70.4, 87.6, 88.2, 77.6, 68.6, 59.4),
+    },
+}
+
+
+@dataclass(frozen=True)
+class Record:
+    """One metrics file of `apes-cli evaluate`, keyed by its place in the tables."""
+
+    path: Path
+    task: str
+    row: str
+    seed: int | None
+    metrics: dict
+
+
+def row_key(metrics: dict) -> str | None:
+    """'random', 'untrained/<modality>' or '<modality>/<sampling>'; None for files of other methods."""
+    method = metrics.get("method")
+    if method == "random":
+        return "random"
+    if method == "untrained" and metrics.get("modality") in MODALITIES:
+        return f"untrained/{metrics['modality']}"
+    if method == "trained" and metrics.get("modality") in MODALITIES and metrics.get("sampling") in STRATEGIES:
+        return f"{metrics['modality']}/{metrics['sampling']}"
+    return None
+
+
+def read_records(metrics_dir: str | Path) -> tuple[list[Record], list[dict]]:
+    """Every benchmark metrics file in `metrics_dir`, and the files left out with the reason."""
+    records, ignored = [], []
+    for path in sorted(Path(metrics_dir).glob("eval_*.json")):
+        try:
+            metrics = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise DataError(path, f"not a readable JSON metrics file: {error}") from None
+        key = row_key(metrics) if isinstance(metrics, dict) else None
+        if key is None or metrics.get("task") not in TASKS:
+            ignored.append({"file": str(path), "reason": "not a benchmark run (no method/modality/sampling/task)"})
+            continue
+        for column in COLUMNS:
+            value = metrics.get(column)
+            if not isinstance(value, (int, float)) or not np.isfinite(value):
+                raise DataError(path, f"expected a finite number, found {value!r}", field=column)
+        seed = metrics.get("seed")
+        records.append(Record(path, metrics["task"], key, seed if isinstance(seed, int) else None, metrics))
+    return records, ignored
+
+
+def row_layout(task: str, present: set[str]) -> list[tuple[str, str]]:
+    """(row key, label) in table order: the paper's rows, plus rows of other modalities that have files."""
+    modalities = [m for m in MODALITIES if m in PAPER_MODALITIES[task] or any(k.startswith(f"{m}/") for k in present)]
+    rows = [("random", "Random")]
+    rows += [(f"untrained/{m}", f"Untrained ({MODALITY_TITLES[m].split()[0].lower()})") for m in modalities]
+    for modality in modalities:
+        rows += [(f"{modality}/{s}", f"{MODALITY_TITLES[modality]}: {s.capitalize()}") for s in STRATEGIES]
+    return rows
+
+
+def _cell(values: list[float], paper: float | None) -> dict:
+    cell: dict = {"values": values, "paper": paper}
+    if values:
+        cell.update(mean=float(np.mean(values)), min=float(min(values)), max=float(max(values)),
+                    std=float(np.std(values, ddof=1)) if len(values) > 1 else 0.0)
+    return cell
+
+
+def build_tables(records: list[Record], seeds: tuple[int, ...]) -> tuple[dict, list[str]]:
+    """Per task, the rows with their cells; and notes on duplicate or out-of-seed files."""
+    notes: list[str] = []
+    chosen: dict[tuple[str, str, int | None], Record] = {}
+    for record in records:
+        if record.row != "random" and record.seed not in seeds:
+            notes.append(f"{record.path.name}: seed {record.seed} is not in report.seeds {list(seeds)}; left out")
+            continue
+        key = (record.task, record.row, None if record.row == "random" else record.seed)
+        if key in chosen:
+            notes.append(f"{record.path.name} replaces {chosen[key].path.name} (same task, row and seed)")
+        chosen[key] = record
+    tables = {}
+    for task in TASKS:
+        present = {row for (t, row, _) in chosen if t == task}
+        rows = []
+        for key, label in row_layout(task, present):
+            found = sorted((r for (t, row, _), r in chosen.items() if t == task and row == key),
+                           key=lambda r: r.seed if r.seed is not None else -1)
+            paper = PAPER[task].get(key)
+            cells = {column: _cell([float(r.metrics[column]) for r in found],
+                                   paper[i] if paper else None) for i, column in enumerate(COLUMNS)}
+            rows.append({"key": key, "label": label, "seeds": [r.seed for r in found],
+                         "files": [r.path.name for r in found], "cells": cells})
+        tables[task] = rows
+    return tables, notes
+
+
+def _format(cell: dict) -> str:
+    ours = MISSING
+    if cell["values"]:
+        ours = f"{cell['mean']:.1f}"
+        if len(cell["values"]) > 1:
+            ours += f" ± {cell['std']:.1f}"
+    return ours if cell["paper"] is None else f"{ours} ({cell['paper']:.1f})"
+
+
+def render_markdown(tables: dict, seeds: tuple[int, ...], notes: list[str], figure: str | None) -> str:
+    """The benchmark tables as Markdown, in the paper's layout."""
+    lines = [
+        "# APES benchmark (val split)", "",
+        "Per query tracklet, the other tracklets of its video are ranked by Euclidean distance; metrics are "
+        "averaged per video, then over videos (paper section 4.2; docs/evaluation.md).",
+        f"Each cell: this project's value (the paper's value in parentheses). Seeds: {list(seeds)}; with more "
+        "than one, `mean ± sample std` over the seeds found (the `runs` column). Random is the exact "
+        f"expectation of a random ranking. {MISSING} = not evaluated yet.", "",
+    ]
+    if len(seeds) == 1:
+        lines += ["With a single seed, cells a few points apart are not separated: short training runs move "
+                  "by several points from seed to seed.", ""]
+    for task, rows in tables.items():
+        lines += [f"## {TASK_TITLES[task]}", "",
+                  "| | " + " | ".join(COLUMNS) + " | runs |", "|---|" + "---:|" * (len(COLUMNS) + 1)]
+        for row in rows:
+            if row["key"] == "random":
+                runs = "exact" if row["files"] else MISSING
+            else:
+                runs = f"{len(row['seeds'])}/{len(seeds)}"
+            cells = " | ".join(_format(row["cells"][c]) for c in COLUMNS)
+            lines.append(f"| {row['label']} | {cells} | {runs} |")
+        lines.append("")
+    if figure:
+        lines += ["## Retrieval examples", "",
+                  f"![Top-5 retrievals of easy and hard queries; red = wrong identity]({figure})", ""]
+    if notes:
+        lines += ["## Notes", ""] + [f"- {note}" for note in notes] + [""]
+    return "\n".join(lines)
+
+
+def best_run(tables: dict, records: list[Record]) -> Record | None:
+    """The trained run file with the highest mAP among the reported cells (the figure's model)."""
+    reported = {name for rows in tables.values() for row in rows if "/" in row["key"]
+                and not row["key"].startswith("untrained") for name in row["files"]}
+    candidates = [r for r in records if r.path.name in reported]
+    return max(candidates, key=lambda r: (r.metrics["mAP"], r.path.name), default=None)
+
+
+def write_report(metrics_dir: str | Path, seeds: tuple[int, ...], crops_dir: str | Path,
+                 out_md: str | Path, out_json: str | Path, figure_png: str | Path, stage_metrics: str | Path) -> dict:
+    """Write benchmark.md, benchmark.json, the retrieval figure (when possible) and the stage metrics."""
+    started = time.perf_counter()
+    records, ignored = read_records(metrics_dir)
+    tables, notes = build_tables(records, seeds)
+    best = best_run(tables, records)
+    figure, figure_skip = None, None
+    if best is None:
+        figure_skip = "no trained run evaluated yet"
+    elif not best.metrics.get("embeddings"):
+        figure_skip = f"{best.path.name} names no embeddings file"
+    else:
+        try:
+            retrieval_examples(best.metrics.get("embeddings", ""), crops_dir, figure_png,
+                               title=f"{best.metrics.get('run', best.path.stem)} (mAP {best.metrics['mAP']:.1f})")
+            figure = Path(figure_png).name
+        except DataError as error:
+            figure_skip = str(error)
+    if figure_skip:
+        notes.append(f"no retrieval figure: {figure_skip}")
+    markdown = render_markdown(tables, seeds, notes, figure)
+    with atomic_path(out_md) as tmp:
+        tmp.write_text(markdown)
+    write_json(out_json, {"seeds": list(seeds), "columns": list(COLUMNS), "tasks": tables,
+                          "figure": str(figure_png) if figure else None, "notes": notes})
+    filled = sum(bool(row["cells"]["mAP"]["values"]) for rows in tables.values() for row in rows)
+    total = sum(len(rows) for rows in tables.values())
+    metrics = {"files_read": len(records), "files_ignored": ignored, "rows_filled": filled, "rows_total": total,
+               "best_run": best.path.name if best else None, "figure": str(figure_png) if figure else None,
+               "figure_skipped": figure_skip, "seconds": round(time.perf_counter() - started, 3)}
+    write_json(stage_metrics, metrics)
+    return metrics
