@@ -137,6 +137,8 @@ def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int) -> None:
 
 def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
     """Read a mono int16 WAV as float32 in [-1, 1) and its sample rate."""
+    if not Path(path).is_file():
+        raise DataError(path, "audio file not found (run `apes-cli decode` first)")
     try:
         with wave.open(str(path), "rb") as handle:
             if handle.getnchannels() != 1 or handle.getsampwidth() != 2:
