@@ -50,15 +50,20 @@ class FetchStats:
     restarted: int = 0
 
 
-def md5_file(path: Path, on_bytes: Callable[[int], None] | None = None) -> str:
-    """Hex md5 of a file, read in chunks."""
+def _md5_of(path: Path, on_bytes: Callable[[int], None] | None = None) -> hashlib._Hash:
+    """The md5 state after reading a whole file in chunks (it can be updated further)."""
     digest = hashlib.md5()
     with path.open("rb") as handle:
         while chunk := handle.read(CHUNK_BYTES):
             digest.update(chunk)
             if on_bytes is not None:
                 on_bytes(len(chunk))
-    return digest.hexdigest()
+    return digest
+
+
+def md5_file(path: Path, on_bytes: Callable[[int], None] | None = None) -> str:
+    """Hex md5 of a file, read in chunks."""
+    return _md5_of(path, on_bytes).hexdigest()
 
 
 def part_path(dest: Path) -> Path:
@@ -103,12 +108,13 @@ class Fetcher:
             return asdict(self.stats)
 
     def present(self, dest: Path, md5: str) -> bool:
-        """True when `dest` exists and matches `md5` (or exists and there is no md5 to check)."""
+        """True when `dest` exists and matches `md5` (or exists and there is no md5 to check); a mismatch is deleted."""
         if not dest.is_file():
             return False
-        if not md5:
+        if not md5 or md5_file(dest, self.advance) == md5:
             return True
-        return md5_file(dest, self.advance) == md5
+        dest.unlink()
+        return False
 
     def remote_size(self, url: str) -> int | None:
         """Content-Length from one HEAD request; None when the server does not say (no retries: a hint only)."""
@@ -127,7 +133,7 @@ class Fetcher:
         attempt = 0
         while True:
             try:
-                self._transfer(url, part)
+                actual = self._transfer(url, part)
                 break
             except _Transient as error:
                 if attempt >= self.retries:
@@ -139,7 +145,6 @@ class Fetcher:
                 if self.stop.wait(delay):
                     raise Cancelled(url) from None
         if md5:
-            actual = md5_file(part)
             if actual != md5:
                 part.unlink(missing_ok=True)
                 raise DownloadError(dest, f"md5 mismatch: expected {md5}, got {actual} (from {url}); "
@@ -173,8 +178,8 @@ class Fetcher:
         except ValueError as error:
             raise DownloadError(url, f"not a valid URL: {error}") from None
 
-    def _transfer(self, url: str, part: Path) -> None:
-        """One attempt: append to (or restart) the .part file; _Transient when it ends short."""
+    def _transfer(self, url: str, part: Path) -> str:
+        """One attempt: append to (or restart) the .part file and return its md5; _Transient when it ends short."""
         offset = part.stat().st_size if part.exists() else 0
         try:
             response = self._open(url, offset)
@@ -183,7 +188,7 @@ class Fetcher:
             self.count(restarted=1)
             raise _Transient(str(error)) from None
         if response is None:
-            return
+            return md5_file(part)
         with response:
             if response.status == 206:
                 first, total = _parse_content_range(response.headers.get("Content-Range"))
@@ -192,11 +197,11 @@ class Fetcher:
                     self.count(restarted=1)
                     raise _Transient(f"server resumed at byte {first}, not {offset}; restarting")
                 self.count(resumed=1)
-                mode = "ab"
+                mode, digest = "ab", _md5_of(part)
             else:
                 if offset:
                     self.count(restarted=1)  # the server ignored Range: start over cleanly
-                offset, mode = 0, "wb"
+                offset, mode, digest = 0, "wb", hashlib.md5()
                 length = response.headers.get("Content-Length")
                 total = int(length) if length and length.isdigit() else None
             received = offset
@@ -206,6 +211,7 @@ class Fetcher:
                         if self.stop.is_set():
                             raise Cancelled(url)
                         handle.write(chunk)
+                        digest.update(chunk)
                         received += len(chunk)
                         self.count(bytes=len(chunk))
                         self.advance(len(chunk))
@@ -213,3 +219,4 @@ class Fetcher:
                     raise _Transient(f"connection lost after {received} bytes: {error!r}") from None
         if total is not None and received < total:
             raise _Transient(f"connection closed after {received} of {total} bytes")
+        return digest.hexdigest()

@@ -47,6 +47,7 @@ class Mirror:
         self._stop = threading.Event()
         self._server = HTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._server.timeout = 0.05
+        self._server.handle_error = lambda request, address: None  # a client hanging up is not news here
         self._thread = threading.Thread(target=self._serve, daemon=True)
 
     @property

@@ -117,6 +117,9 @@ def test_full_download_gives_the_synth_layout_back_and_a_rerun_skips(
     with Mirror(mirror_root) as mirror:
         first = download(layout, settings(mirror, mirror_root))
         second = download(layout, settings(mirror, mirror_root))
+        corrupted = layout.videos_dir / first_train_video(mirror_root)
+        corrupted.write_bytes(b"not the video")
+        third = download(layout, settings(mirror, mirror_root))
     for split in SPLITS:
         expected = [(video_id, table) for video_id, _, table in iter_split(RawLayout(tiny_raw), split)]
         loaded = [(video_id, table) for video_id, _, table in iter_split(layout, split)]
@@ -131,6 +134,7 @@ def test_full_download_gives_the_synth_layout_back_and_a_rerun_skips(
     assert first["videos"] == {"train": 2, "val": 2}
     assert second["files_fetched"] == 0 and second["bytes_downloaded"] == 0
     assert second["files_skipped_present"] == 5 + len(videos)
+    assert third["files_fetched"] == 1 and third["files_skipped_present"] == 4 + len(videos)
     assert not list(layout.root.rglob("*.part"))
 
 
@@ -189,6 +193,8 @@ def test_wrong_md5_is_rejected_and_no_file_is_left(mirror_root: Path, tmp_path: 
     actual = md5((mirror_root / "ava" / "trainval" / video).read_bytes())
     manifest.write_text(manifest.read_text().replace(actual, "0" * 32))
     layout = RawLayout(tmp_path / "raw")
+    layout.videos_dir.mkdir(parents=True)
+    (layout.videos_dir / video).write_bytes(b"a stale copy that does not match either")
     with Mirror(mirror_root) as mirror:
         with pytest.raises(DownloadError) as caught:
             download(layout, settings(mirror, mirror_root))

@@ -43,10 +43,10 @@ def command(
     apes_url: Annotated[Optional[str], typer.Option(
         "--apes-url", help="Base URL of APES-train.csv and APES-val.csv (default: download.apes_url).")] = None,
     limit: Annotated[Optional[int], typer.Option(
-        "--limit", help="Fetch only the first N annotated videos, train and val alternating; 0 = all "
+        "--limit", min=0, help="Fetch only the first N annotated videos, train and val alternating; 0 = all "
                         "(default: download.limit).")] = None,
     workers: Annotated[Optional[int], typer.Option(
-        "--workers", help="Parallel downloads (default: download.workers).")] = None,
+        "--workers", min=1, help="Parallel downloads (default: download.workers).")] = None,
     metrics: Annotated[Path, typer.Option(
         "--metrics", help="Where to write the stage metrics (JSON).")] = Path("metrics/download.json"),
 ) -> None:
