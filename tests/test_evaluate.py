@@ -9,12 +9,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from sklearn.metrics import average_precision_score
 from typer.testing import CliRunner
 
 from apes_cli.main import app
+from stages.config import load_params
+from stages.embed import embed_tracklets
 from stages.evaluate import read_embeddings
 from stages.errors import DataError
+from stages.models import build_model, checkpoint_payload
+from stages.ranking import random_metrics, ranking_metrics
 
 runner = CliRunner()
 
@@ -113,3 +118,102 @@ def test_file_without_any_positive_pair_is_an_error(tmp_path):
     result = runner.invoke(app, ["evaluate", "--embeddings", str(source), "--out", str(tmp_path / "o.json")])
     assert result.exit_code == 2
     assert "no query tracklet has a positive" in result.output
+
+
+# --- trained, untrained and random runs on hand-made val shards ---------------------------------
+
+CROP_SIZE, N_MELS, FRAMES = 32, 16, 12
+PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+
+
+def _val_shards(root: Path) -> tuple[Path, Path]:
+    """Two val videos, 3 identities x 2 tracklets each (+ one silent tracklet), 2 crops and 2 snippets each."""
+    rng = np.random.default_rng(0)
+    crops, mels = root / "crops", root / "mels"
+    for video in ("vidA", "vidB"):
+        crop_rows, mel_rows = [], []
+        for person in range(3):
+            colour = rng.integers(0, 255, 3)
+            for track in range(2):
+                entity = f"{video}_0900_0960:{person * 2 + track}"
+                for frame in range(2):
+                    image = np.clip(colour + rng.normal(0, 20, (CROP_SIZE, CROP_SIZE, 3)), 0, 255).astype(np.uint8)
+                    crop_rows.append((video, entity, f"{video}-p{person}", "SPEAKING_AUDIBLE", image.tobytes()))
+                    mel = (person + rng.normal(0, 1, (N_MELS, FRAMES))).astype(np.float32)
+                    mel_rows.append((video, entity, f"{video}-p{person}", mel.tobytes()))
+        silent = np.zeros((CROP_SIZE, CROP_SIZE, 3), np.uint8).tobytes()
+        crop_rows.append((video, f"{video}_0900_0960:9", f"{video}-p0", "NOT_SPEAKING", silent))
+        for folder, names, rows, meta in (
+            (crops, ("video_id", "entity_id", "identity", "label", "image"), crop_rows, {"crop_size": CROP_SIZE}),
+            (mels, ("video_id", "entity_id", "identity", "mel"), mel_rows, {"n_mels": N_MELS, "frames": FRAMES}),
+        ):
+            table = pa.table({name: pa.array([r[i] for r in rows], pa.binary() if name in ("image", "mel")
+                                             else pa.string()) for i, name in enumerate(names)})
+            table = table.replace_schema_metadata({k: str(v) for k, v in meta.items()})
+            (folder / "val").mkdir(parents=True, exist_ok=True)
+            pq.write_table(table, folder / "val" / f"{video}.parquet")
+    return crops, mels
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> tuple[Path, Path]:
+    return _val_shards(tmp_path_factory.mktemp("val"))
+
+
+def _run(tmp_path: Path, shards, *args: str):
+    crops, mels = shards
+    return runner.invoke(app, ["evaluate", *args, "--crops-dir", str(crops), "--mels-dir", str(mels),
+                               "--models-dir", str(tmp_path / "models"), "--metrics-dir", str(tmp_path / "metrics"),
+                               "--embeddings-dir", str(tmp_path / "emb"), "--params", str(PARAMS)])
+
+
+def test_untrained_run_is_seeded_and_scores_its_own_embeddings(tmp_path, shards):
+    result = _run(tmp_path, shards, "--modality", "face", "--task", "seen", "--untrained", "--seed", "3")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "metrics" / "eval_face_untrained_seen_seed3.json").read_text())
+    assert (metrics["method"], metrics["modality"], metrics["sampling"], metrics["seed"]) == ("untrained", "face",
+                                                                                              None, 3)
+    written = read_embeddings(tmp_path / "emb" / "face_untrained_seen_seed3.parquet")
+    assert len(written.video_ids) == 14  # the silent tracklets belong to Seen
+    again = ranking_metrics(written.video_ids, written.identities, written.vectors, written.entity_ids)
+    assert metrics["mAP"] == pytest.approx(again["mAP"])
+    assert _run(tmp_path, shards, "--modality", "face", "--task", "seen", "--untrained", "--seed", "3").exit_code == 0
+    assert np.array_equal(read_embeddings(tmp_path / "emb" / "face_untrained_seen_seed3.parquet").vectors,
+                          written.vectors)
+    assert _run(tmp_path, shards, "--modality", "face", "--task", "seen", "--untrained", "--seed", "4").exit_code == 0
+    assert not np.allclose(read_embeddings(tmp_path / "emb" / "face_untrained_seen_seed4.parquet").vectors,
+                           written.vectors)
+
+
+def test_trained_run_uses_its_checkpoint(tmp_path, shards):
+    torch.manual_seed(11)
+    model = build_model("crossmodal").eval()
+    (tmp_path / "models" / "crossmodal_within_seen_heard").mkdir(parents=True)
+    torch.save(checkpoint_payload(model), tmp_path / "models" / "crossmodal_within_seen_heard" / "model.pt")
+    result = _run(tmp_path, shards, "--modality", "crossmodal", "--sampling", "within", "--task", "seen_heard")
+    assert result.exit_code == 0, result.output
+    written = read_embeddings(tmp_path / "emb" / "crossmodal_within_seen_heard.parquet")
+    assert len(written.video_ids) == 12  # silent tracklets are not Seen & Heard
+    direct = embed_tracklets(model, "crossmodal", shards[0], shards[1], "val", "seen_heard", load_params(PARAMS))
+    assert np.allclose(written.vectors, np.stack(direct["embedding"].to_pylist()), atol=1e-5)
+    metrics = json.loads((tmp_path / "metrics" / "eval_crossmodal_within_seen_heard.json").read_text())
+    assert (metrics["method"], metrics["sampling"], metrics["tracklets"]) == ("trained", "within", 12)
+
+
+def test_missing_checkpoint_exits_2_naming_it(tmp_path, shards):
+    result = _run(tmp_path, shards, "--modality", "voice", "--sampling", "weak", "--task", "seen_heard")
+    assert result.exit_code == 2
+    assert "voice_weak_seen_heard" in result.output and "model.pt" in result.output
+
+
+def test_random_row_is_the_exact_expectation_over_the_task_tracklets(tmp_path, shards):
+    for task, per_video in (("seen", 7), ("seen_heard", 6)):
+        result = _run(tmp_path, shards, "--random", "--task", task)
+        assert result.exit_code == 0, result.output
+        metrics = json.loads((tmp_path / "metrics" / f"eval_random_{task}.json").read_text())
+        videos = ["vidA"] * per_video + ["vidB"] * per_video
+        identities = [f"{v}-p{i // 2}" for v in ("vidA", "vidB") for i in range(6)]
+        if task == "seen":
+            identities = identities[:6] + ["vidA-p0"] + identities[6:] + ["vidB-p0"]
+        want = random_metrics(videos, identities)
+        assert metrics["mAP"] == pytest.approx(want["mAP"]) and metrics["tracklets"] == 2 * per_video
