@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from apes_cli.main import app
 from stages.annotations import iter_split, list_split_videos, read_manifest
 from stages.config import DownloadParams
-from stages.download import download
+from stages.download import choose_videos, download
 from stages.errors import DataError
 from stages.http_fetch import DownloadError
 from stages.layout import SPLITS, RawLayout
@@ -205,7 +205,7 @@ def test_wrong_md5_is_rejected_and_no_file_is_left(mirror_root: Path, tmp_path: 
     assert not layout.ava_dir("train").exists() and not layout.manifest.exists()
 
 
-@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink", "device"])
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink", "hardlink", "device"])
 def test_unsafe_archive_member_is_refused_and_nothing_lands_outside(
         mirror_root: Path, tmp_path: Path, kind: str) -> None:
     outside = tmp_path / "outside"
@@ -219,10 +219,14 @@ def test_unsafe_archive_member_is_refused_and_nothing_lands_outside(
         bad_name = {"dotdot": "ava_activespeaker_train_v1.0/../../../outside/evil-activespeaker.csv",
                     "absolute": str(outside / "abs-activespeaker.csv"),
                     "symlink": "ava_activespeaker_train_v1.0/link-activespeaker.csv",
+                    "hardlink": "ava_activespeaker_train_v1.0/hard-activespeaker.csv",
                     "device": "ava_activespeaker_train_v1.0/dev-activespeaker.csv"}[kind]
         info = tarfile.TarInfo(bad_name)
         if kind == "symlink":
             info.type, info.linkname = tarfile.SYMTYPE, str(outside / "target")
+            tar.addfile(info)
+        elif kind == "hardlink":
+            info.type, info.linkname = tarfile.LNKTYPE, "ava_activespeaker_train_v1.0/okvid-activespeaker.csv"
             tar.addfile(info)
         elif kind == "device":
             info.type = tarfile.CHRTYPE
@@ -283,3 +287,15 @@ def test_cli_limit_one_fetches_one_video(mirror_root: Path, tmp_path: Path) -> N
         with (mirror_root / "apes" / f"APES-{split}.csv").open(newline="") as handle:
             others = sum(1 for row in list(csv.reader(handle))[1:] if row and row[1] != video_id)
         assert metrics["apes_rows_dropped_other_videos"][split] == others > 0
+
+
+def test_limit_takes_train_and_val_alternately_and_skips_unlisted_videos() -> None:
+    annotated = {"train": ["t2", "t1", "t3"], "val": ["v1", "v2"]}
+    listed = {name: (f"{name}.mp4", "") for name in ("t1", "t2", "t3", "v2")}
+    chosen, missing, over_limit = choose_videos(annotated, listed, 3, Path("list.txt"))
+    assert chosen == {"train": ["t1", "t2"], "val": ["v2"]}
+    assert missing == ["v1"] and over_limit == 1
+    chosen, _, over_limit = choose_videos(annotated, listed, 0, Path("list.txt"))
+    assert chosen == {"train": ["t1", "t2", "t3"], "val": ["v2"]} and over_limit == 0
+    with pytest.raises(DataError, match="list.txt: none of the annotated videos"):
+        choose_videos(annotated, {}, 0, Path("list.txt"))
