@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from stages.atomic import write_json, write_parquet
 from stages.config import Params
 from stages.embed import embed_tracklets
-from stages.errors import DataError
+from stages.errors import ConfigError, DataError
 from stages.models import build_model, load_checkpoint
 from stages.ranking import random_metrics, ranking_metrics
 from stages.schemas import EMBEDDINGS
@@ -176,23 +176,29 @@ class Run:
         return f"{base}_seed{self.seed}" if self.seed_in_name else base
 
 
-def _model_for(run: Run, params: Params, models_dir: Path) -> tuple[torch.nn.Module, str]:
-    """The trained checkpoint of `run`, or the same network with weights drawn from `run.seed`."""
+def _model_for(run: Run, params: Params, models_dir: Path) -> tuple[torch.nn.Module, str, int]:
+    """The run's trained checkpoint (with the seed it was trained with), or the network with seeded random weights."""
     if run.sampling is None:
         torch.manual_seed(run.seed)
-        return build_model(run.modality, normalize=params.train.normalize), "random weights"
+        return build_model(run.modality, normalize=params.train.normalize), "random weights", run.seed
     checkpoint = models_dir / run.name / "model.pt"
     model = load_checkpoint(checkpoint)
-    if model.modality != run.modality:
-        raise DataError(checkpoint, f"holds a {model.modality} model, expected {run.modality}")
-    return model, str(checkpoint)
+    expected = {"modality": run.modality, "sampling": run.sampling, "task": run.task}
+    found = {"modality": model.modality, **{k: model.meta[k] for k in ("sampling", "task") if k in model.meta}}
+    for key, value in found.items():
+        if value != expected[key]:
+            raise DataError(checkpoint, f"holds a run with {key} {value!r}, expected {expected[key]!r}", field=key)
+    return model, str(checkpoint), int(model.meta.get("seed", run.seed))
 
 
 def evaluate_run(run: Run, params: Params, crops_dir: str | Path, mels_dir: str | Path, models_dir: str | Path,
                  embeddings_dir: str | Path, out: str | Path) -> dict:
     """Mode (a): embed the task's val tracklets with the run's network, rank them, write embeddings and metrics."""
+    if run.modality != "face" and run.task != "seen_heard":
+        raise ConfigError("--task", f"modality '{run.modality}' needs task 'seen_heard' (Seen holds silent tracks)",
+                          "command line")
     started = time.perf_counter()
-    model, origin = _model_for(run, params, Path(models_dir))
+    model, origin, seed = _model_for(run, params, Path(models_dir))
     if torch.cuda.is_available():
         model = model.cuda()
     table = embed_tracklets(model, run.modality, crops_dir, mels_dir, "val", run.task, params)
@@ -201,7 +207,7 @@ def evaluate_run(run: Run, params: Params, crops_dir: str | Path, mels_dir: str 
     write_parquet(embeddings_path, table)
     seconds = time.perf_counter() - started
     metrics.update(method="untrained" if run.sampling is None else "trained", run=run.name, modality=run.modality,
-                   sampling=run.sampling, task=run.task, seed=run.seed, model=origin,
+                   sampling=run.sampling, task=run.task, seed=seed, model=origin,
                    embeddings=str(embeddings_path), tracklets=table.num_rows, seconds=round(seconds, 3),
                    tracklets_per_s=round(table.num_rows / max(seconds, 1e-9), 1))
     write_json(out, metrics)

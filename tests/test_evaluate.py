@@ -188,6 +188,7 @@ def test_untrained_run_is_seeded_and_scores_its_own_embeddings(tmp_path, shards)
 def test_trained_run_uses_its_checkpoint(tmp_path, shards):
     torch.manual_seed(11)
     model = build_model("crossmodal").eval()
+    model.meta = {"sampling": "within", "task": "seen_heard", "seed": 5}
     (tmp_path / "models" / "crossmodal_within_seen_heard").mkdir(parents=True)
     torch.save(checkpoint_payload(model), tmp_path / "models" / "crossmodal_within_seen_heard" / "model.pt")
     result = _run(tmp_path, shards, "--modality", "crossmodal", "--sampling", "within", "--task", "seen_heard")
@@ -197,7 +198,24 @@ def test_trained_run_uses_its_checkpoint(tmp_path, shards):
     direct = embed_tracklets(model, "crossmodal", shards[0], shards[1], "val", "seen_heard", load_params(PARAMS))
     assert np.allclose(written.vectors, np.stack(direct["embedding"].to_pylist()), atol=1e-5)
     metrics = json.loads((tmp_path / "metrics" / "eval_crossmodal_within_seen_heard.json").read_text())
-    assert (metrics["method"], metrics["sampling"], metrics["tracklets"]) == ("trained", "within", 12)
+    assert (metrics["method"], metrics["sampling"], metrics["tracklets"], metrics["seed"]) == ("trained", "within",
+                                                                                              12, 5)
+
+
+def test_checkpoint_of_another_run_is_refused(tmp_path, shards):
+    model = build_model("face")
+    model.meta = {"sampling": "across", "task": "seen"}
+    (tmp_path / "models" / "face_within_seen").mkdir(parents=True)
+    torch.save(checkpoint_payload(model), tmp_path / "models" / "face_within_seen" / "model.pt")
+    result = _run(tmp_path, shards, "--modality", "face", "--sampling", "within", "--task", "seen")
+    assert result.exit_code == 2
+    assert "field 'sampling'" in result.output and "'across'" in result.output
+
+
+def test_voice_needs_the_seen_heard_task(tmp_path, shards):
+    result = _run(tmp_path, shards, "--modality", "voice", "--task", "seen", "--untrained")
+    assert result.exit_code == 2
+    assert "seen_heard" in result.output
 
 
 def test_missing_checkpoint_exits_2_naming_it(tmp_path, shards):
