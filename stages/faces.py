@@ -200,7 +200,7 @@ def render_sprite(f: FaceIdentity, look: TrackLook, mouth: int) -> np.ndarray:
         for side in (-1, 1):
             cv2.circle(img, (fx + side * 3, nose_bottom), 2, shade, -1, cv2.LINE_AA)
     half = int(f.mouth_width * w / 2)
-    opening = int(round(mouth * 0.045 * h))
+    opening = int(round(mouth * 0.035 * h))
     if opening == 0:
         cv2.line(img, (fx - half, mouth_y), (fx + half, mouth_y), f.lips, 3, cv2.LINE_AA)
     else:
@@ -262,9 +262,13 @@ def scale_sprite(sprite: np.ndarray, face_height: int) -> Sprite:
     factor = face_height / (FACE_BOX[3] - FACE_BOX[1])
     side = max(4, int(round(CANVAS * factor)))
     scaled = cv2.resize(sprite, (side, side), interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
+    rows, cols = np.flatnonzero(scaled[..., 3].any(axis=1)), np.flatnonzero(scaled[..., 3].any(axis=0))
+    top, left = (rows[0], cols[0]) if rows.size else (0, 0)
+    bottom, right = (rows[-1] + 1, cols[-1] + 1) if rows.size else (1, 1)
+    scaled = scaled[top:bottom, left:right]          # transparent margins cost blending time only
     alpha = scaled[..., 3:4].astype(np.float32) / 255.0
-    box = tuple(int(round(v * side / CANVAS)) for v in FACE_BOX)
-    return Sprite(scaled[..., :3].astype(np.float32) * alpha, alpha, box)  # type: ignore[arg-type]
+    x1, y1, x2, y2 = (int(round(v * side / CANVAS)) for v in FACE_BOX)
+    return Sprite(scaled[..., :3].astype(np.float32) * alpha, alpha, (x1 - left, y1 - top, x2 - left, y2 - top))
 
 
 def paste(frame: np.ndarray, sprite: Sprite, left: int, top: int, noise: np.ndarray | None = None) -> None:

@@ -57,6 +57,7 @@ class Track:
     face_height: int
     ambiguous: bool = False
     sprites: dict[int, faces.Sprite] = field(default_factory=dict)
+    noise: np.ndarray | None = None
 
 
 @dataclass
@@ -234,16 +235,16 @@ def _write_wav(path: Path, audio: np.ndarray) -> None:
 def _encode(path: Path, wav: Path, frames, p: SynthParams) -> None:
     """Pipe RGB frames into ffmpeg (H.264 + AAC, single-threaded and bit-exact, so output is deterministic)."""
     command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
-               "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{p.width}x{p.height}", "-r", str(p.fps), "-i", "pipe:0",
+               "-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", f"{p.width}x{p.height}", "-r", str(p.fps), "-i", "pipe:0",
                "-i", str(wav), "-map", "0:v", "-map", "1:a",
-               "-c:v", "libx264", "-preset", "superfast", "-crf", "25", "-pix_fmt", "yuv420p", "-threads", "1",
+               "-c:v", "libx264", "-preset", "superfast", "-crf", "25", "-threads", "1",
                "-c:a", "aac", "-b:a", "64k", "-ar", str(SAMPLE_RATE), "-ac", "1",
                "-fflags", "+bitexact", "-flags:v", "+bitexact", "-flags:a", "+bitexact", "-map_metadata", "-1",
                "-movflags", "+faststart", "-f", "mp4", str(path)]
     proc = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        for frame in frames:
-            proc.stdin.write(frame.tobytes())
+        for frame in frames:   # converted here: OpenCV's BT.601 conversion is faster than ffmpeg's
+            proc.stdin.write(cv2.cvtColor(frame, cv2.COLOR_RGB2YUV_I420).tobytes())
         proc.stdin.close()
     except BrokenPipeError:
         pass
@@ -275,11 +276,13 @@ def _frames(rng: np.random.Generator, cast: list[Person], shots: list[Shot], tra
                 sprite = track.sprites[level]
                 left = int(round(track.boxes[f, 0])) - sprite.box[0]
                 top = int(round(track.boxes[f, 1])) - sprite.box[1]
-                side = sprite.alpha.shape[0]
+                height, width = sprite.alpha.shape[:2]
                 noise = None
-                if track.look.noise > 0.5 and side < noise_pool.shape[0]:
-                    oy, ox = rng.integers(0, noise_pool.shape[0] - side, 2)
-                    noise = noise_pool[oy: oy + side, ox: ox + side] * track.look.noise
+                if track.look.noise > 0.5 and max(height, width) < noise_pool.shape[0]:
+                    if track.noise is None or f % 4 == 0 or track.noise.shape[:2] != (height, width):
+                        oy, ox = rng.integers(0, noise_pool.shape[0] - max(height, width), 2)
+                        track.noise = noise_pool[oy: oy + height, ox: ox + width] * track.look.noise
+                    noise = track.noise
                 faces.paste(frame, sprite, left, top, noise)
             yield frame
 
@@ -290,6 +293,7 @@ def generate_video(seed: int, split: str, index: int, p: SynthParams, directory:
     streams = np.random.SeedSequence([seed, 0 if split == "train" else 1, index]).spawn(5)
     plan_rng, audio_rng, track_rng, frame_rng, id_rng = (np.random.default_rng(s) for s in streams)
     video_id = video_id_for(id_rng, split, index)
+    voices.reset(int(id_rng.integers(1 << 31)))
     cast = _cast(plan_rng, video_id, p)
     shots = _shots(plan_rng, cast, p)
     outsiders = voices.draw_cast_voices(plan_rng, 3, 0.0)
@@ -305,7 +309,7 @@ def generate_video(seed: int, split: str, index: int, p: SynthParams, directory:
     for track in tracks:
         for k, (box, label) in enumerate(zip(track.boxes, track.labels)):
             x1, y1, x2, y2 = box / np.array([p.width, p.height, p.width, p.height])
-            ava_rows.append(f"{video_id},{(track.first_frame + k) / p.fps:.2f},{max(0.0, x1):.4f},{max(0.0, y1):.4f},"
+            ava_rows.append(f"{video_id},{(track.first_frame + k) / p.fps:.3f},{max(0.0, x1):.4f},{max(0.0, y1):.4f},"
                             f"{min(1.0, x2):.4f},{min(1.0, y2):.4f},{label},{track.entity_id}")
         head, _, tail = track.entity_id.rpartition(":")
         apes_rows.append(f"{head}_{tail},{video_id},{AMBIGUOUS if track.ambiguous else cast[track.person].name}")

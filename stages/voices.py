@@ -5,6 +5,7 @@ espeak-ng is GPL-3; it is used only to generate the embedded data set (docs/synt
 
 from __future__ import annotations
 
+import _ctypes
 import ctypes
 import os
 import threading
@@ -44,10 +45,15 @@ class Voice:
 
 
 class _Engine:
-    """The process-wide espeak-ng instance (the library keeps global state, so one per process)."""
+    """One loaded copy of libespeak-ng.
+
+    The library carries state from one utterance to the next (the same call twice gives different
+    samples), and espeak_Terminate does not reset it; unloading and loading it again does, which is
+    what `reset` does (and seeds espeak's noise generator) so that every video's speech is repeatable.
+    """
 
     def __init__(self) -> None:
-        self.lib = ctypes.CDLL(espeakng_loader.get_library_path())
+        self.lib = ctypes.CDLL(espeakng_loader.get_library_path(), mode=os.RTLD_LOCAL)
         self.lib.espeak_Initialize.restype = ctypes.c_int
         self.lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
         self.lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
@@ -88,10 +94,20 @@ _engine: _Engine | None = None
 _engine_pid = -1
 
 
-def _get_engine() -> _Engine:
+def reset(seed: int = 0) -> None:
+    """Start a fresh espeak-ng state, so what follows depends only on `seed`, not on what was spoken before."""
     global _engine, _engine_pid
+    if _engine is not None and _engine_pid == os.getpid():
+        _engine.lib.espeak_Terminate()
+        _ctypes.dlclose(_engine.lib._handle)
+    _engine, _engine_pid = _Engine(), os.getpid()
+    _engine.lib.espeak_ng_SetRandSeed(ctypes.c_long(seed))   # breathy variants add noise from this generator
+
+
+def _get_engine() -> _Engine:
     if _engine is None or _engine_pid != os.getpid():
-        _engine, _engine_pid = _Engine(), os.getpid()
+        reset()
+    assert _engine is not None
     return _engine
 
 
