@@ -130,7 +130,7 @@ class CropParams:
     workers: int = 0
 
     def validate(self, key: str) -> None:
-        _check(16 <= self.size <= 512, f"{key}.size", "expected 16..512 pixels")
+        _check(16 <= self.size <= 512 and self.size % 2 == 0, f"{key}.size", "expected an even 16..512 pixels")
         _check(0.0 <= self.margin <= 1.0, f"{key}.margin", "expected a value in [0, 1]")
         _check(self.workers >= 0, f"{key}.workers", "expected >= 0 (0 = one per core)")
 
@@ -201,6 +201,9 @@ class TrainParams:
     workers: int = 0
     pretrained: str = ""
     steps_per_epoch: int = 40
+    precision: str = "auto"
+    max_crops_per_track: int = 16
+    val_every: int = 1
     face: OptimParams = OptimParams(lr=3e-4)
     voice: OptimParams = OptimParams(lr=5e-4)
     crossmodal: OptimParams = OptimParams(lr=5e-5)
@@ -215,6 +218,9 @@ class TrainParams:
         _check(self.threads >= 1, f"{key}.threads", "expected >= 1")
         _check(self.workers >= 0, f"{key}.workers", "expected >= 0")
         _check(self.steps_per_epoch >= 1, f"{key}.steps_per_epoch", "expected >= 1")
+        _check(self.precision in ("auto", "bf16", "fp32"), f"{key}.precision", "expected 'auto', 'bf16' or 'fp32'")
+        _check(self.max_crops_per_track >= 0, f"{key}.max_crops_per_track", "expected >= 0 (0 = all)")
+        _check(self.val_every >= 1, f"{key}.val_every", "expected >= 1")
         for name in MODALITIES:
             getattr(self, name).validate(f"{key}.{name}")
 

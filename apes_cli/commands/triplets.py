@@ -1,13 +1,36 @@
-"""apes-cli triplets (being built)."""
+"""apes-cli triplets: each task's train tracklet table and the sampling statistics (paper Table 2)."""
 
 from __future__ import annotations
 
-from stages.errors import ApesError
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from apes_cli.common import Bar, ParamsOption, friendly_errors, print_metrics, read_params
+from stages import triplets as stage
 
 NAME = "triplets"
-HELP = "Stage 'triplets' (being built)."
+HELP = (
+    "Build the train sample sets of each task (Seen; Seen & Heard = audible speech and a mel snippet) for the\n\n"
+    "Within, Across and Weak strategies (paper 4.2, Table 2): data/triplets/<task>.parquet and\n\n"
+    "metrics/triplets.json (average positive and negative tracklets per anchor). docs/training.md"
+)
 
 
-def command() -> None:
-    """Not built yet."""
-    raise ApesError("stage 'triplets' is not built yet")
+@friendly_errors
+def command(
+    crops_dir: Annotated[Path, typer.Option(help="Crop shards (reads <dir>/train and <dir>/val).")] = Path("data/crops"),
+    mels_dir: Annotated[Path, typer.Option(help="Mel shards (reads <dir>/train).")] = Path("data/mels"),
+    out: Annotated[Path, typer.Option(help="Where <task>.parquet tracklet tables go.")] = Path("data/triplets"),
+    metrics: Annotated[Path, typer.Option(help="The stage's metrics JSON.")] = Path("metrics/triplets.json"),
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Write the tracklet tables and Table 2."""
+    settings = read_params(params)
+    bar = Bar()
+    try:
+        result = stage.run_triplets(settings, crops_dir, mels_dir, out, metrics, progress=bar)
+    finally:
+        bar.close()
+    print_metrics(result)

@@ -1,0 +1,167 @@
+"""Crops and mel snippets of one split and task, decoded once into RAM, and the batch Dataset over them.
+
+The embedded data fits in memory (tens of thousands of 64 px crops, a few hundred MB). Real APES at
+124 px (3.1 M boxes) would not: there the store would read row groups lazily per batch instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+
+from stages.errors import DataError
+from stages.samplers import Batch, PKSampler, TripletSampler, Tracks
+from stages.shards import binary_to_array, metadata
+from stages.tracklets import codes, load_tracklets, split_shards, track_keys
+
+CORNER_CROP = 0.875  # share of the side kept by the training corner crop (then resized back)
+
+
+@dataclass(frozen=True)
+class Store:
+    """A task's tracklets with their items: crops (N, S, S, 3) uint8 and mels (M, n_mels, frames) float32.
+
+    Items of one tracklet are contiguous; `tracks` says where (see stages.samplers.Tracks).
+    """
+
+    tracklets: pa.Table
+    tracks: Tracks
+    crops: np.ndarray
+    mels: np.ndarray
+
+
+def _evenly_spaced(count: int, limit: int) -> np.ndarray:
+    """Up to `limit` evenly spaced positions of range(count) (all when limit is 0)."""
+    if limit <= 0 or count <= limit:
+        return np.arange(count)
+    return np.unique(np.round(np.linspace(0, count - 1, limit)).astype(np.int64))
+
+
+def _read_items(directory: Path, split: str, field: str, wanted: dict[str, int], limit: int,
+                shape_of: Callable[[dict[str, str], Path], tuple[int, ...]],
+                dtype: type) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Items of the wanted tracklets, grouped per tracklet and evenly subsampled: (values, start, count)."""
+    parts: list[np.ndarray] = []
+    owners: list[np.ndarray] = []
+    for path in split_shards(directory, split):
+        table = pq.read_table(path, columns=["video_id", "entity_id", field])
+        owner = np.array([wanted.get(k, -1) for k in track_keys(table)], np.int64)
+        keep = np.flatnonzero(owner >= 0)
+        if len(keep):
+            shape = shape_of(metadata(table.schema), path)
+            parts.append(binary_to_array(table[field].take(keep), shape, dtype, path))
+            owners.append(owner[keep])
+    n_tracks = len(wanted)
+    if not parts:
+        raise DataError(Path(directory) / split, f"no {field} rows for the task's tracklets")
+    owner = np.concatenate(owners)
+    order = np.argsort(owner, kind="stable")
+    counts = np.bincount(owner, minlength=n_tracks)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    picked = [order[starts[t] + _evenly_spaced(int(counts[t]), limit)] for t in range(n_tracks)]
+    new_counts = np.array([len(p) for p in picked], np.int64)
+    values = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    return values[np.concatenate(picked)], np.concatenate([[0], np.cumsum(new_counts)[:-1]]), new_counts
+
+
+def _crop_shape(meta: dict[str, str], path: Path) -> tuple[int, ...]:
+    if "crop_size" not in meta:
+        raise DataError(path, "missing crop_size in the schema metadata (not written by `apes-cli crop`?)")
+    return int(meta["crop_size"]), int(meta["crop_size"]), 3
+
+
+def _mel_shape(meta: dict[str, str], path: Path) -> tuple[int, ...]:
+    if "n_mels" not in meta or "frames" not in meta:
+        raise DataError(path, "missing n_mels/frames in the schema metadata (not written by `apes-cli mel`?)")
+    return int(meta["n_mels"]), int(meta["frames"])
+
+
+def load_store(crops_dir: str | Path, mels_dir: str | Path | None, split: str, task: str,
+               streams: tuple[str, ...], max_crops: int = 0, max_snippets: int = 0,
+               tracklets: pa.Table | None = None) -> Store:
+    """Decode the crops and/or snippets (evenly subsampled) of a task's tracklets of a split; the tracklet
+    table is built from the shards unless given (train reads the triplets stage's table)."""
+    if tracklets is None:
+        tracklets = load_tracklets(crops_dir, mels_dir, split, task)
+    if tracklets.num_rows == 0:
+        raise DataError(Path(crops_dir) / split, f"no tracklets for task '{task}' in split '{split}'")
+    keys = [f"{v}/{e}" for v, e in zip(tracklets["video_id"].to_pylist(), tracklets["entity_id"].to_pylist())]
+    wanted = {key: i for i, key in enumerate(keys)}
+    n = len(keys)
+    crops = np.zeros((0, 1, 1, 3), np.uint8)
+    crop_start, crop_count = np.zeros(n, np.int64), tracklets["n_crops"].to_numpy().astype(np.int64)
+    mels = np.zeros((0, 1, 1), np.float32)
+    mel_start, mel_count = np.zeros(n, np.int64), tracklets["n_snippets"].to_numpy().astype(np.int64)
+    if "crops" in streams:
+        crops, crop_start, crop_count = _read_items(Path(crops_dir), split, "image", wanted, max_crops,
+                                                    _crop_shape, np.uint8)
+    if "mels" in streams:
+        if mels_dir is None:
+            raise DataError("data/mels", "the voice stream needs mel shards")
+        mels, mel_start, mel_count = _read_items(Path(mels_dir), split, "mel", wanted, max_snippets,
+                                                 _mel_shape, np.float32)
+    tracks = Tracks(codes(tracklets["video_id"].to_pylist()), codes(tracklets["identity"].to_pylist()),
+                    crop_start, crop_count, mel_start, mel_count)
+    return Store(tracklets, tracks, crops, mels)
+
+
+def crops_to_tensor(crops: np.ndarray) -> torch.Tensor:
+    """uint8 (N, S, S, 3) -> float (N, 3, S, S) in [0, 1], channels_last in memory."""
+    tensor = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2)
+    return tensor.float().div_(255.0).contiguous(memory_format=torch.channels_last)
+
+
+def mels_to_tensor(mels: np.ndarray) -> torch.Tensor:
+    """float32 (N, n_mels, frames) -> (N, 1, n_mels, frames)."""
+    return torch.from_numpy(np.ascontiguousarray(mels)).unsqueeze(1)
+
+
+def augment_crops(crops: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Random horizontal flip and a random corner (or centre) crop resized back to the input size."""
+    n, _, size, _ = crops.shape
+    flip = torch.from_numpy(rng.random(n) < 0.5)
+    crops = torch.where(flip.view(-1, 1, 1, 1), crops.flip(3), crops)
+    side = int(round(size * CORNER_CROP))
+    corners = ((0, 0), (0, size - side), (size - side, 0), (size - side, size - side),
+               ((size - side) // 2, (size - side) // 2))
+    choice = rng.integers(0, len(corners), n)
+    out = torch.empty((n, 3, side, side), dtype=crops.dtype)
+    for index, (top, left) in enumerate(corners):
+        rows = torch.from_numpy(np.flatnonzero(choice == index))
+        if len(rows):
+            out[rows] = crops[rows, :, top:top + side, left:left + side]
+    resized = F.interpolate(out, size=(size, size), mode="bilinear", align_corners=False)
+    return resized.contiguous(memory_format=torch.channels_last)
+
+
+class BatchDataset(torch.utils.data.Dataset):
+    """Maps (epoch, step) to this rank's augmented training batch; usable with DataLoader workers."""
+
+    def __init__(self, store: Store, sampler: TripletSampler | PKSampler, seed: int, rank: int = 0,
+                 world: int = 1) -> None:
+        self.store, self.sampler, self.seed, self.rank, self.world = store, sampler, seed, rank, world
+
+    def __len__(self) -> int:
+        return 1 << 30  # indexed by (epoch, step) keys, not by position
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
+        epoch, step = key
+        batch: Batch = self.sampler.batch(epoch, step).shard(self.rank, self.world)
+        rng = np.random.default_rng([self.seed, epoch, step, self.rank, 1])
+        out: dict[str, torch.Tensor] = {}
+        if "crops" in batch.items:
+            out["crops"] = augment_crops(crops_to_tensor(self.store.crops[batch.items["crops"]]), rng)
+        if "mels" in batch.items:
+            out["mels"] = mels_to_tensor(self.store.mels[batch.items["mels"]])
+        for name in ("labels", "tracks", "groups"):
+            value = getattr(batch, name)
+            if value is not None and batch.kind == "pk":
+                out[name] = torch.from_numpy(np.asarray(value, np.int64))
+        return out

@@ -1,0 +1,157 @@
+"""Which tracklets each task holds (Seen, Seen & Heard), read from the crop/mel shard metadata.
+
+Shared by the triplets, train and evaluate stages, so that every stage agrees on the task definitions:
+- Seen: every labelled face track (identity present and not EXTRA_OR_AMBIGUOUS) with at least one crop.
+- Seen & Heard: the Seen tracks with at least one SPEAKING_AUDIBLE box and at least one mel snippet.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from stages.errors import DataError
+from stages.layout import AMBIGUOUS
+from stages.schemas import TRACKLETS
+from stages.shards import shard_paths
+
+CROP_META = ("video_id", "entity_id", "identity", "label")
+MEL_META = ("video_id", "entity_id", "identity")
+AUDIBLE = "SPEAKING_AUDIBLE"
+
+
+def split_shards(directory: str | Path, split: str) -> list[Path]:
+    """The Parquet shards <directory>/<split>/*.parquet in name order; none is an error."""
+    paths = shard_paths(directory, split)
+    if not paths:
+        raise DataError(Path(directory) / split, f"no Parquet shards for split '{split}': "
+                        "run the stage that writes them first")
+    return paths
+
+
+def read_meta(directory: str | Path, split: str, columns: tuple[str, ...]) -> pa.Table:
+    """Concatenate the metadata columns of every shard of a split (no image/mel bytes are read)."""
+    tables = []
+    for path in split_shards(directory, split):
+        try:
+            table = pq.read_table(path, columns=list(columns))
+        except (pa.ArrowInvalid, KeyError, OSError) as error:
+            raise DataError(path, f"unreadable shard or missing column (expected {list(columns)}): {error}") from None
+        tables.append(table)
+    return pa.concat_tables(tables).combine_chunks()
+
+
+def track_keys(table: pa.Table) -> np.ndarray:
+    """One string key per row: '<video_id>/<entity_id>'."""
+    return np.asarray(pc.binary_join_element_wise(table["video_id"], table["entity_id"], "/").to_pylist(),
+                      dtype=object)
+
+
+def build_tracklets(crop_meta: pa.Table, mel_meta: pa.Table | None, task: str) -> pa.Table:
+    """The task's tracklet table (schema TRACKLETS), sorted by video then entity id."""
+    identities = crop_meta["identity"].to_pylist()
+    labels = crop_meta["label"].to_pylist()
+    keys = track_keys(crop_meta)
+    tracks: dict[str, dict] = {}
+    for key, identity, label, video in zip(keys, identities, labels, crop_meta["video_id"].to_pylist()):
+        if identity is None or identity == AMBIGUOUS:
+            continue
+        entry = tracks.setdefault(key, {"video_id": video, "identity": identity, "n_crops": 0, "audible": False})
+        entry["n_crops"] += 1
+        entry["audible"] |= label == AUDIBLE
+    snippets: dict[str, int] = {}
+    if mel_meta is not None and mel_meta.num_rows:
+        for key in track_keys(mel_meta):
+            snippets[key] = snippets.get(key, 0) + 1
+    rows = []
+    for key in sorted(tracks):
+        entry = tracks[key]
+        n_snippets = snippets.get(key, 0)
+        if task == "seen_heard" and not (entry["audible"] and n_snippets > 0):
+            continue
+        rows.append((entry["video_id"], key.split("/", 1)[1], entry["identity"], entry["n_crops"], n_snippets))
+    by_identity: dict[str, list[int]] = {}
+    for index, row in enumerate(rows):
+        by_identity.setdefault(row[2], []).append(index)
+    return pa.table({
+        "task": pa.array([task] * len(rows), pa.string()),
+        "track": pa.array(range(len(rows)), pa.int32()),
+        "video_id": pa.array([r[0] for r in rows], pa.string()),
+        "entity_id": pa.array([r[1] for r in rows], pa.string()),
+        "identity": pa.array([r[2] for r in rows], pa.string()),
+        "n_crops": pa.array([r[3] for r in rows], pa.int32()),
+        "n_snippets": pa.array([r[4] for r in rows], pa.int32()),
+        "positives": pa.array([[j for j in by_identity[r[2]] if j != i] for i, r in enumerate(rows)],
+                              pa.list_(pa.int32())),
+    }, schema=TRACKLETS)
+
+
+def load_tracklets(crops_dir: str | Path, mels_dir: str | Path | None, split: str, task: str) -> pa.Table:
+    """Read the shard metadata of a split and build the task's tracklet table."""
+    crop_meta = read_meta(crops_dir, split, CROP_META)
+    mel_meta = None
+    if mels_dir is not None and (Path(mels_dir) / split).exists():
+        mel_meta = read_meta(mels_dir, split, MEL_META)
+    elif task == "seen_heard":
+        raise DataError(Path(mels_dir or "data/mels") / split, "no mel shards: the seen_heard task needs them")
+    return build_tracklets(crop_meta, mel_meta, task)
+
+
+def tracklet_path(directory: str | Path, task: str) -> Path:
+    """data/triplets/<task>.parquet."""
+    return Path(directory) / f"{task}.parquet"
+
+
+def read_tracklet_table(directory: str | Path, task: str) -> pa.Table:
+    """Read a task's train tracklet table back, checking its schema and task."""
+    path = tracklet_path(directory, task)
+    if not path.is_file():
+        raise DataError(path, f"no tracklet table for task '{task}': run `apes-cli triplets` first")
+    table = pq.read_table(path)
+    if not table.schema.equals(TRACKLETS, check_metadata=False):
+        raise DataError(path, f"unexpected schema {table.schema.names}, expected {TRACKLETS.names}")
+    if table.num_rows and set(table["task"].to_pylist()) != {task}:
+        raise DataError(path, f"holds tracklets of another task, expected '{task}'", field="task")
+    return table
+
+
+def codes(values: list[str]) -> np.ndarray:
+    """Integer codes of string values (equal strings, equal codes)."""
+    _, inverse = np.unique(np.asarray(values, dtype=object).astype(str), return_inverse=True)
+    return inverse.astype(np.int64)
+
+
+def sampling_statistics(tracklets: pa.Table) -> dict[str, dict[str, float | int | bool]]:
+    """Table 2: per strategy, the average positive and negative tracklets of an eligible anchor.
+
+    An anchor is eligible when it has at least one positive and one negative under the strategy;
+    the others are counted as `skipped_anchors` (e.g. an identity seen in a single tracklet).
+    """
+    n = tracklets.num_rows
+    video = codes(tracklets["video_id"].to_pylist())
+    identity = codes(tracklets["identity"].to_pylist())
+    n_crops = tracklets["n_crops"].to_numpy()
+    same_identity = np.bincount(identity, minlength=identity.max() + 1)[identity] if n else np.zeros(0, int)
+    per_video = np.bincount(video, minlength=video.max() + 1)[video] if n else np.zeros(0, int)
+    positives = same_identity - 1
+    stats: dict[str, dict[str, float | int | bool]] = {}
+    bags = {
+        "within": (positives, per_video - same_identity, True),
+        "across": (positives, n - same_identity, True),
+        "weak": (np.where(n_crops >= 2, 1, 0), np.full(n, n - 1), False),
+    }
+    for strategy, (pos, neg, clean) in bags.items():
+        eligible = (pos > 0) & (neg > 0)
+        count = int(eligible.sum())
+        stats[strategy] = {
+            "anchors": count,
+            "skipped_anchors": int(n - count),
+            "avg_positive_tracklets": round(float(pos[eligible].mean()), 3) if count else 0.0,
+            "avg_negative_tracklets": round(float(neg[eligible].mean()), 3) if count else 0.0,
+            "clean": clean,
+        }
+    return stats
