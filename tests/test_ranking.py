@@ -72,7 +72,7 @@ def tracklet_sets(draw, integer: bool):
     return video_ids, identities, embeddings, entity_ids
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(tracklet_sets(integer=True))
 def test_matches_sklearn_and_naive_loop_with_ties(case):
     video_ids, identities, _, _ = case
@@ -83,7 +83,7 @@ def test_matches_sklearn_and_naive_loop_with_ties(case):
         _assert_matches_naive(*case)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(tracklet_sets(integer=False))
 def test_matches_sklearn_and_naive_loop_on_floats(case):
     video_ids, identities, _, _ = case
@@ -171,7 +171,7 @@ def _exhaustive_random(identities: list[str]) -> dict[str, float]:
     return {key: 100 * value / valid for key, value in sums.items()}
 
 
-@pytest.mark.parametrize("identities", [["a", "a"], ["a", "a", "b"], ["a", "a", "a", "b", "b", "c", "d"]])
+@pytest.mark.parametrize("identities", [["a", "a"], ["a", "a", "b"], ["a", "a", "a", "b", "b", "c"]])
 def test_random_baseline_equals_exhaustive_expectation(identities):
     got = random_metrics(["v"] * len(identities), identities)
     want = _exhaustive_random(identities)
