@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.video_io import ffmpeg_exe
+import cv2
+
+from stages.video_io import Planes, ffmpeg_exe
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 SAMPLE_WAV = FIXTURES / "sample.wav"
@@ -19,11 +21,11 @@ INDEX_BITS, INDEX_BAND = 10, 20
 BOX_RATE = 20.0  # annotated boxes per second, as AVA
 
 
-def index_band(frame: np.ndarray) -> int:
-    """Read back the frame index written by `render_frame` (white/black stripes = bits)."""
-    stripe = frame.shape[1] // INDEX_BITS
+def index_band(luma: np.ndarray) -> int:
+    """Read back the frame index written by `render_frame` (white/black stripes = bits) from the Y plane."""
+    stripe = luma.shape[1] // INDEX_BITS
     return sum(1 << b for b in range(INDEX_BITS)
-               if frame[4:INDEX_BAND - 4, b * stripe + 4:(b + 1) * stripe - 4].mean() > 128)
+               if luma[4:INDEX_BAND - 4, b * stripe + 4:(b + 1) * stripe - 4].mean() > 128)
 
 
 def patch_red(index: int) -> int:
@@ -102,6 +104,12 @@ def render_frame(index: int, tracks: list[Track]) -> np.ndarray:
             x0, y0, x1, y1 = pixel_box(track.box)
             frame[y0:y1, x0:x1] = (patch_red(index), track.green, 255 - track.green)
     return frame
+
+
+def planes_of(rgb: np.ndarray) -> Planes:
+    """The YUV 4:2:0 planes of an RGB frame (as the decoder hands them to crop)."""
+    height, width = rgb.shape[:2]
+    return Planes.in_buffer(cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420).reshape(-1), width, height)
 
 
 def write_video(path: Path, video: Video) -> None:

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from media_data import (FPS, Track, Video, cli, leftovers, patch_red, render_frame, standard_videos, write_params,
-                        write_raw)
+from media_data import (FPS, Track, Video, cli, leftovers, patch_red, planes_of, render_frame, standard_videos,
+                        write_params, write_raw)
 
 from stages.annotations import load_split
-from stages.crop import cut, square_box
+from stages.crop import cut, square_boxes
 from stages.layout import RawLayout
 from stages.shards import iter_crops, metadata, read_crops
 from stages.video_io import frame_indices
@@ -45,18 +45,24 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return work
 
 
-def test_square_box_centres_a_margin_square_on_the_box() -> None:
-    assert square_box((0.25, 0.25, 0.5, 0.75), 200, 100, 0.0) == (50, 25, 50)
-    assert square_box((0.25, 0.25, 0.5, 0.75), 200, 100, 0.5) == (25, 0, 100)  # centre (75, 50), side 2 x 50
-    assert square_box((0.4, 0.2, 0.4, 0.6), 200, 100, 0.1) is None  # zero width
-    assert square_box((0.4, 0.2, 0.402, 0.6), 200, 100, 0.1) is None  # under one pixel
+def test_square_boxes_centre_an_even_margin_square_on_the_box() -> None:
+    boxes = np.array([(0.25, 0.25, 0.5, 0.75), (0.25, 0.25, 0.5, 0.75), (0.4, 0.2, 0.4, 0.6), (0.4, 0.2, 0.402, 0.6)])
+    squares, has_area = square_boxes(boxes[:1], 200, 100, 0.0)
+    assert squares.tolist() == [[50, 24, 50]] and has_area.tolist() == [True]  # top 25 -> even 24
+    squares, has_area = square_boxes(boxes, 200, 100, 0.5)
+    assert squares[1].tolist() == [24, 0, 100]  # centre (75, 50), side 2 x 50
+    assert has_area.tolist() == [True, True, False, False]  # zero width; under one pixel
 
 
-def test_cut_pads_outside_the_frame_with_black() -> None:
-    frame = np.full((10, 10, 3), 200, np.uint8)
-    crop = cut(frame, 6, -2, 8, 8)
+def test_cut_returns_rgb_and_pads_outside_the_frame_with_black() -> None:
+    rgb = np.zeros((12, 12, 3), np.uint8)
+    rgb[:, :, 0], rgb[:, :, 1], rgb[:, :, 2] = 200, 120, 40
+    crop = cut(planes_of(rgb), 6, -2, 8, 8)
     assert crop.shape == (8, 8, 3)
-    assert (crop[2:, :4] == 200).all() and (crop[:2] == 0).all() and (crop[:, 4:] == 0).all()
+    assert np.abs(crop[3:, :5].astype(int) - (200, 120, 40)).max() <= 3
+    assert crop[:2].max() <= 3 and crop[:, 6:].max() <= 3
+    halved = cut(planes_of(rgb), 0, 0, 12, 6)  # downscale path
+    assert np.abs(halved.astype(int) - (200, 120, 40)).max() <= 3
 
 
 def test_crop_rows_equal_labelled_boxes_minus_skips(work: Path) -> None:
@@ -91,8 +97,9 @@ def test_crops_match_the_rendered_box_of_the_nearest_frame(work: Path) -> None:
                 centre = np.median(image[24:40, 24:40].reshape(-1, 3), axis=0)
                 assert np.abs(centre - (patch_red(index), track.green, 255 - track.green)).max() <= 6, row
                 # The whole crop equals the same cut of the frame as rendered (before H.264).
-                left, top, side = square_box((row["x1"], row["y1"], row["x2"], row["y2"]), 320, 180, 0.1)
-                expected = cut(render_frame(int(index), video.tracks), left, top, side, 64)
+                (left, top, side), = square_boxes(np.array([[row[c] for c in ("x1", "y1", "x2", "y2")]]), 320, 180,
+                                                  0.1)[0]
+                expected = cut(planes_of(render_frame(int(index), video.tracks)), left, top, side, 64)
                 assert np.abs(image.astype(int) - expected).mean() < 4, row
 
 
@@ -100,7 +107,7 @@ def test_box_at_the_frame_corner_is_padded_black(work: Path) -> None:
     images, keys = read_crops(work / "crops", "train")
     corner = np.flatnonzero(np.array(keys["entity_id"].to_pylist()) == "vidA_0000_0030:5")
     assert corner.size == 21
-    # box x 280..320, y 130..180 -> square of side 60 from x 270, y 125: 10 px right and 5 px below are outside.
+    # box x 280..320, y 130..180 -> square of side 60 from x 270, y 126: 10 px right and 6 px below are outside.
     image = images[corner[0]]
     assert image[:, -9:].max() <= 8 and image[-3:].max() <= 8
     assert image[10:50, 20:45, 1].min() > 140

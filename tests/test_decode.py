@@ -44,7 +44,7 @@ def small_raw(root: Path, **video_options) -> Path:
 def test_frames_arrive_with_their_own_index_across_seeks(raw: Path) -> None:
     info = probe(raw / "videos" / "vidA.mp4")
     wanted = [0, 3, 4, 100, 101, 399, 440, 449]  # 101 -> 399 is longer than SEEK_GAP_SECONDS: a second seek
-    seen = [(index, index_band(frame)) for index, frame in iter_frames(info, wanted)]
+    seen = [(index, index_band(frame.y)) for index, frame in iter_frames(info, wanted)]
     assert seen == [(i, i) for i in wanted]
 
 

@@ -1,0 +1,163 @@
+"""Benchmark the media stages (decode, crop, mel) against named baselines measured in the same run.
+
+1. decode + crop of a generated 60 s 640x360 25 fps H.264+AAC video annotated at 20 boxes/s (2 faces
+   per timestamp), against a bare `ffmpeg -i f -vf fps=20 -f null -` of the same file (goal >= 0.7).
+2. The mel stage (read plan and audio, cut snippets, batched torchaudio log-mels, write Parquet), in
+   snippets per second, against librosa computing the same snippets one at a time (goal >= 10x).
+3. Peak RSS of a fresh process running decode + crop + mel on 1 video and on N videos (goal: flat).
+Each timing is the best of REPEATS. Run: .venv/bin/python -m bench.media
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import librosa
+import numpy as np
+import pyarrow.parquet as pq
+
+from stages.config import CropParams, DecodeParams, MelParams
+from stages.crop import crop
+from stages.decode import decode
+from stages.mel import mel
+from stages.shards import metadata
+from stages.video_io import ffmpeg_exe, read_wav
+
+SECONDS, WIDTH, HEIGHT, FPS, BOX_RATE = 60, 640, 360, 25, 20
+REPEATS = 3
+MEMORY_VIDEOS = 6
+
+
+def make_raw(root: Path, videos: int, seconds: float) -> Path:
+    """A raw layout (docs/data.md) of `videos` generated videos, two speaking faces per timestamp."""
+    (root / "videos").mkdir(parents=True, exist_ok=True)
+    folder = root / "annotations" / "ava_activespeaker_train_v1.0"
+    folder.mkdir(parents=True, exist_ok=True)
+    apes = ["entity_id,video_id,identity"]
+    for v in range(videos):
+        vid = f"bench{v:02d}"
+        subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
+                        "-f", "lavfi", "-i", f"testsrc2=size={WIDTH}x{HEIGHT}:rate={FPS}",
+                        "-f", "lavfi", "-i", "anoisesrc=color=pink:sample_rate=48000:amplitude=0.3",
+                        "-t", str(seconds), "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac",
+                        str(root / "videos" / f"{vid}.mp4")], check=True)
+        rows = []
+        for k in range(int(seconds * BOX_RATE)):
+            t = k / BOX_RATE
+            for track, (x1, y1) in enumerate(((0.1, 0.2), (0.55, 0.3)), start=1):
+                wobble = 0.05 * np.sin(t + track)
+                rows.append(f"{vid},{t:.3f},{x1 + wobble:.4f},{y1:.4f},{x1 + wobble + 0.2:.4f},{y1 + 0.35:.4f},"
+                            f"SPEAKING_AUDIBLE,{vid}_0000_0060:{track}")
+        (folder / f"{vid}-activespeaker.csv").write_text("\n".join(rows) + "\n")
+        apes += [f"{vid}_0000_0060_{track},{vid},{vid}_p{track}" for track in (1, 2)]
+    (root / "APES-train.csv").write_text("\n".join(apes) + "\n")
+    return root
+
+
+def best_of(run: Callable[[], object]) -> float:
+    """Fastest wall time of REPEATS runs."""
+    times = []
+    for _ in range(REPEATS):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def decode_crop_rows(work: Path) -> list[tuple[str, str, float]]:
+    """decode + crop frames/s against a bare ffmpeg decode at 20 fps."""
+    raw = make_raw(work / "raw", 1, SECONDS)
+    video = raw / "videos" / "bench00.mp4"
+    bare = best_of(lambda: subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error",
+                                           "-i", str(video), "-vf", "fps=20", "-f", "null", "-"], check=True))
+    outcome: dict[str, dict] = {}
+
+    def stages() -> None:
+        for folder in ("decoded", "crops"):
+            subprocess.run(["rm", "-rf", str(work / folder)], check=True)
+        outcome["decode"] = decode(raw, work / "decoded", DecodeParams(workers=1), ["train"])
+        outcome["crop"] = crop(raw, work / "decoded", work / "crops", CropParams(workers=1), ["train"])
+
+    ours = best_of(stages)
+    frames = SECONDS * BOX_RATE
+    crops = outcome["crop"]["crops"]
+    figure = (f"decode+crop {SECONDS} s {WIDTH}x{HEIGHT} {FPS} fps, {crops} crops of {CropParams().size} px: "
+              f"{ours:.2f} s = {frames / ours:.0f} annotated frames/s")
+    baseline = f"bare `ffmpeg -vf fps=20 -f null -`: {bare:.2f} s = {frames / bare:.0f} frames/s"
+    return [(figure, baseline, bare / ours)]
+
+
+def mel_rows(work: Path) -> list[tuple[str, str, float]]:
+    """mel stage snippets/s against librosa one snippet at a time (same snippets, matched settings)."""
+    params = MelParams(workers=1)
+    result: dict[str, dict] = {}
+
+    def stage() -> None:
+        subprocess.run(["rm", "-rf", str(work / "mels")], check=True)
+        result["mel"] = mel(work / "decoded", work / "mels", params, ["train"])
+
+    ours = best_of(stage)
+    snippets = result["mel"]["snippets"]
+    starts = pq.read_table(work / "mels" / "train" / "bench00.parquet", columns=["start"])["start"].to_numpy()
+    plan_meta = metadata(pq.read_schema(work / "decoded" / "plan" / "train" / "bench00.parquet"))
+    audio, rate = read_wav(work / "decoded" / plan_meta["audio"])
+    length = int(round(params.snippet_seconds * rate))
+    offsets = np.round((starts - float(plan_meta["audio_start"])) * rate).astype(int)
+
+    def librosa_loop() -> None:
+        for offset in offsets:
+            power = librosa.feature.melspectrogram(
+                y=audio[offset:offset + length], sr=rate, n_fft=params.n_fft, hop_length=params.hop_length,
+                win_length=params.win_length, n_mels=params.n_mels, center=True, pad_mode="constant", power=2.0)
+            np.log(power + 1e-6)
+
+    baseline_s = best_of(librosa_loop)
+    figure = f"mel stage (plan + wav in, Parquet out), {snippets} snippets: {snippets / ours:.0f} snippets/s"
+    baseline = f"librosa one snippet at a time (features only): {snippets / baseline_s:.0f} snippets/s"
+    return [(figure, baseline, baseline_s / ours)]
+
+
+_MEMORY_SCRIPT = """
+import json, resource, sys
+from pathlib import Path
+from stages.config import CropParams, DecodeParams, MelParams
+from stages.crop import crop
+from stages.decode import decode
+from stages.mel import mel
+raw, work = Path(sys.argv[1]), Path(sys.argv[2])
+decode(raw, work / "decoded", DecodeParams(workers=1), ["train"])
+crop(raw, work / "decoded", work / "crops", CropParams(workers=1), ["train"])
+mel(work / "decoded", work / "mels", MelParams(workers=1), ["train"])
+print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def memory_rows(work: Path) -> list[tuple[str, str, float]]:
+    """Peak RSS of decode + crop + mel in a fresh process: N videos against 1 (1.0 = flat)."""
+    peaks = {}
+    for count in (1, MEMORY_VIDEOS):
+        raw = make_raw(work / f"raw{count}", count, 20)
+        out = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, str(raw), str(work / f"out{count}")],
+                             check=True, capture_output=True, text=True).stdout
+        peaks[count] = json.loads(out.strip().splitlines()[-1])["peak_rss_mb"]
+    figure = f"peak RSS, decode+crop+mel of {MEMORY_VIDEOS} videos (20 s each): {peaks[MEMORY_VIDEOS]:.0f} MB"
+    baseline = f"same for 1 video: {peaks[1]:.0f} MB (ratio 1.0 = flat in the number of videos)"
+    return [(figure, baseline, peaks[MEMORY_VIDEOS] / peaks[1])]
+
+
+def rows() -> list[tuple[str, str, float]]:
+    """(figure, baseline, ratio) rows for `python -m bench`."""
+    with tempfile.TemporaryDirectory(prefix="bench-media-") as tmp:
+        work = Path(tmp)
+        return decode_crop_rows(work) + mel_rows(work) + memory_rows(work)
+
+
+if __name__ == "__main__":
+    for figure, baseline, ratio in rows():
+        print(f"{figure}\n  vs {baseline}\n  ratio: {ratio:.2f}x")
