@@ -27,7 +27,8 @@ def _read_embeddings(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
             np.asarray(table["identity"].to_pylist()), vectors)
 
 
-def pick_queries(video_ids, identities, vectors, entity_ids, easy: int, hard: int) -> list[tuple[int, list[int], float]]:
+def pick_queries(video_ids: np.ndarray, identities: np.ndarray, vectors: np.ndarray, entity_ids: np.ndarray,
+                 easy: int, hard: int) -> list[tuple[int, list[int], float]]:
     """(query row, top-5 rows, AP) of the `easy` best and `hard` worst queries, one per identity."""
     scored = []
     for video in per_video_queries(video_ids, identities, vectors, entity_ids):

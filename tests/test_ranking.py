@@ -104,7 +104,8 @@ def test_larger_random_video_matches_naive():
 
 def test_reference_ap_check_cases():
     # REFERENCE.md section 5; a distance is a negated score.
-    assert query_metrics(-np.array([[0.2, 0.3, 0.5]]), np.array([[1, 0, 1]]))["mAP"][0] == pytest.approx(0.8333, abs=1e-4)
+    check = query_metrics(-np.array([[0.2, 0.3, 0.5]]), np.array([[1, 0, 1]]))["mAP"][0]
+    assert check == pytest.approx(0.8333, abs=1e-4)
     assert query_metrics(-np.array([[0.5, 0.5]]), np.array([[1, 0]]))["mAP"][0] == 0.5
     assert query_metrics(-np.array([[0.5, 0.5]]), np.array([[0, 1]]))["mAP"][0] == 0.5
 
