@@ -165,7 +165,6 @@ def crop(raw_dir: str | Path, decoded_dir: str | Path, out_dir: str | Path, para
          splits: Sequence[str], progress: Progress | None = None) -> dict[str, Any]:
     """Crop every video planned by `decode`; returns the metrics written to metrics/crop.json."""
     progress = progress or Silent()
-    cv2.setNumThreads(1)  # OpenCV's threads cost more than they save on small crops; videos run in parallel
     layout, out_dir = RawLayout(Path(raw_dir)), Path(out_dir)
     began = time.perf_counter()
     jobs = []
@@ -174,8 +173,13 @@ def crop(raw_dir: str | Path, decoded_dir: str | Path, out_dir: str | Path, para
         jobs.extend((split, plan) for plan in plans)
         remove_orphans(out_dir / split, {plan.stem for plan in plans})
     progress.start(len(jobs), "crop")
-    per_video = map_videos(jobs, lambda job: _crop_video(job[1], job[0], layout, out_dir, params),
-                           resolve_workers(params.workers), progress)
+    opencv_threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)  # OpenCV's threads cost more than they save on small crops; videos run in parallel
+    try:
+        per_video = map_videos(jobs, lambda job: _crop_video(job[1], job[0], layout, out_dir, params),
+                               resolve_workers(params.workers), progress)
+    finally:
+        cv2.setNumThreads(opencv_threads)
     seconds = time.perf_counter() - began
     merged = merge_stats(per_video)
     return {

@@ -7,6 +7,7 @@ snippets start every `snippet_hop_seconds`; a run shorter than one snippet gets 
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
 from stages.audio_features import LogMel, log_mel_batches, snippet_frames, snippet_samples
 from stages.config import MelParams
@@ -153,8 +155,14 @@ def mel(decoded_dir: str | Path, out_dir: str | Path, params: MelParams, splits:
         jobs.extend((split, plan) for plan in plans)
         remove_orphans(out_dir / split, {plan.stem for plan in plans})
     progress.start(len(jobs), "mel")
-    per_video = map_videos(jobs, lambda job: _mel_video(job[1], job[0], decoded_dir, out_dir, params),
-                           resolve_workers(params.workers), progress)
+    workers = resolve_workers(params.workers)
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))  # videos in parallel share the cores
+    try:
+        per_video = map_videos(jobs, lambda job: _mel_video(job[1], job[0], decoded_dir, out_dir, params),
+                               workers, progress)
+    finally:
+        torch.set_num_threads(torch_threads)
     seconds = time.perf_counter() - began
     merged = merge_stats(per_video)
     merged.pop("skip_examples")
