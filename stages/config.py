@@ -118,7 +118,8 @@ class DecodeParams:
     def validate(self, key: str) -> None:
         _check(self.workers >= 0, f"{key}.workers", "expected >= 0 (0 = one per core)")
         _check(8000 <= self.sample_rate <= 48000, f"{key}.sample_rate", "expected 8000..48000")
-        _check(0.0 <= self.audio_margin_seconds <= 10.0, f"{key}.audio_margin_seconds", "expected 0..10 seconds")
+        _check(0.25 <= self.audio_margin_seconds <= 10.0, f"{key}.audio_margin_seconds",
+               "expected 0.25..10 seconds (snippets of short speech segments reach past the boxes)")
 
 
 @dataclass(frozen=True)

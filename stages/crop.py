@@ -6,7 +6,6 @@ square outside the frame is black) and resized to size x size. Rows go out in fr
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path

@@ -1,7 +1,7 @@
 """Stage decode: per video, map every annotated timestamp to its nearest frame and extract the annotated
 window's audio as 16 kHz mono. Frames themselves are decoded later by `crop`, straight from the video.
 
-Outputs under <out>/: audio/<video_id>.wav and plan/<split>/<video_id>.parquet (schema FRAME_PLAN, the
+Outputs under <out>/: audio/<split>/<video_id>.wav and plan/<split>/<video_id>.parquet (schema FRAME_PLAN, the
 validated boxes plus frame_index; written last, so a plan marks a finished video).
 """
 
@@ -26,10 +26,14 @@ from stages.schemas import FRAME_PLAN
 from stages.shards import (AUDIO_DIR, FINGERPRINT_KEY, PLAN_DIR, STATS_KEY, audio_path, is_complete, plan_path,
                            shard_stats, with_metadata)
 from stages.video_io import VideoInfo, frame_indices, probe, read_audio, write_wav
-from stages.video_jobs import file_digest, fingerprint, params_digest, map_videos, merge_stats, remove_orphans, resolve_workers
+from stages.video_jobs import (file_digest, fingerprint, map_videos, merge_stats, params_digest, remove_orphans,
+                              resolve_workers)
+
 
 @dataclasses.dataclass(frozen=True)
 class _Job:
+    """One video of one split, its validated boxes and the digest of its split's APES file."""
+
     split: str
     video_id: str
     csv_path: Path

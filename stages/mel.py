@@ -27,7 +27,7 @@ from stages.schemas import MELS
 from stages.shards import (FINGERPRINT_KEY, ShardWriter, is_complete, metadata, plan_paths, shard_path, shard_stats,
                            with_metadata)
 from stages.video_io import read_wav
-from stages.video_jobs import fingerprint, params_digest, map_videos, merge_stats, remove_orphans, resolve_workers
+from stages.video_jobs import fingerprint, map_videos, merge_stats, params_digest, remove_orphans, resolve_workers
 
 SPEECH = "SPEAKING_AUDIBLE"
 DEFAULT_BOX_INTERVAL = 0.05  # AVA annotates about 20 boxes per second
