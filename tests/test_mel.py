@@ -17,8 +17,10 @@ import torchaudio
 from media_data import (BOX_RATE, SAMPLE_WAV, cli, leftovers, rttm_turns, standard_videos, write_params,
                         write_raw)
 
+from stages.annotations import load_split
 from stages.audio_features import LogMel, log_mel_batches, snippet_frames, snippet_samples
 from stages.config import MelParams
+from stages.layout import RawLayout
 from stages.mel import Segment, snippet_starts, speech_segments
 from stages.shards import metadata, read_mels
 from stages.video_io import read_wav
@@ -158,3 +160,19 @@ def test_missing_audio_is_an_error_naming_it(work: Path, tmp_path: Path) -> None
     assert result.exit_code == 2, result.output
     assert "vidA.wav" in result.output
     assert not (tmp_path / "mels" / "train" / "vidA.parquet").exists() and leftovers(tmp_path) == []
+
+
+def test_every_seen_and_heard_track_of_the_tiny_data_set_gets_snippets(tiny_raw: Path, tmp_path: Path) -> None:
+    params = write_params(tmp_path / "params.yaml")
+    for stage, args in (("decode", ["--raw", tiny_raw, "--out", tmp_path / "decoded"]),
+                        ("mel", ["--decoded", tmp_path / "decoded", "--out", tmp_path / "mels"])):
+        result = cli(stage, "--params", params, *args, "--metrics", tmp_path / f"{stage}.json")
+        assert result.exit_code == 0, result.output
+    for split in ("train", "val"):
+        boxes = load_split(RawLayout(tiny_raw), split)
+        heard = {(e, i) for e, i, label in zip(boxes["entity_id"].to_pylist(), boxes["identity"].to_pylist(),
+                                               boxes["label"].to_pylist())
+                 if i is not None and label == "SPEAKING_AUDIBLE"}
+        mels, keys = read_mels(tmp_path / "mels", split)
+        assert set(zip(keys["entity_id"].to_pylist(), keys["identity"].to_pylist())) == heard
+        assert len(heard) > 0 and np.isfinite(mels).all()
