@@ -32,7 +32,7 @@ def _write(directory: Path, name: str, payload: dict) -> None:
 
 
 def _invoke(metrics_dir: Path, tmp_path: Path, *extra: str):
-    result = runner.invoke(app, ["report", "--metrics-dir", str(metrics_dir),
+    result = runner.invoke(app, ["report", "--eval-dir", str(metrics_dir), "--out-dir", str(metrics_dir),
                                  "--crops-dir", str(tmp_path / "crops"), *extra])
     assert result.exit_code == 0, result.output
     return (json.loads((metrics_dir / "benchmark.json").read_text()),
@@ -85,7 +85,7 @@ def test_corrupt_metrics_file_is_an_error_naming_the_field(tmp_path):
     bad = _metrics(0.0, method="trained", modality="face", sampling="weak", task="seen", seed=0)
     bad["mAP"] = "NaN"
     _write(metrics, "eval_face_weak_seen.json", bad)
-    result = runner.invoke(app, ["report", "--metrics-dir", str(metrics)])
+    result = runner.invoke(app, ["report", "--eval-dir", str(metrics), "--out-dir", str(metrics)])
     assert result.exit_code == 2
     assert "eval_face_weak_seen.json" in result.output and "'mAP'" in result.output
     assert not (metrics / "benchmark.md").exists()

@@ -13,7 +13,7 @@ from stages.errors import ConfigError
 
 NAME = "report"
 HELP = (
-    "Gather metrics/eval_*.json into metrics/benchmark.md and metrics/benchmark.json in the layout of the "
+    "Gather metrics/eval/eval_*.json into metrics/benchmark.md and metrics/benchmark.json in the layout of the "
     "paper's Tables 3 (Seen & Heard) and 4 (Seen), the paper's numbers alongside; cells not evaluated yet "
     "show '—'. Also draws the best run's top-5 retrievals (metrics/benchmark_examples.png)."
 )
@@ -33,8 +33,10 @@ def _parse_seeds(text: str) -> tuple[int, ...]:
 def command(
     seeds: Annotated[str | None, typer.Option(
         help="Comma-separated seeds to aggregate, e.g. 0,1,2 (default: report.seeds in params).")] = None,
-    metrics_dir: Annotated[Path, typer.Option(help="Where the eval_*.json files are, and the report goes.")] = Path(
-        "metrics"),
+    eval_dir: Annotated[Path, typer.Option(help="Where the evaluate stage's eval_*.json files are.")] = Path(
+        "metrics/eval"),
+    out_dir: Annotated[Path, typer.Option(
+        help="Where benchmark.md, benchmark.json, benchmark_examples.png and report.json go.")] = Path("metrics"),
     crops_dir: Annotated[Path, typer.Option(help="Crop shards, for the retrieval figure.")] = Path("data/crops"),
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
@@ -42,6 +44,6 @@ def command(
     settings = read_params(params)
     chosen = settings.report.seeds if seeds is None else _parse_seeds(seeds)
     print_metrics(stage.write_report(
-        metrics_dir, chosen, crops_dir,
-        out_md=metrics_dir / "benchmark.md", out_json=metrics_dir / "benchmark.json",
-        figure_png=metrics_dir / "benchmark_examples.png", stage_metrics=metrics_dir / "report.json"))
+        eval_dir, chosen, crops_dir,
+        out_md=out_dir / "benchmark.md", out_json=out_dir / "benchmark.json",
+        figure_png=out_dir / "benchmark_examples.png", stage_metrics=out_dir / "report.json"))
