@@ -24,7 +24,7 @@ from stages.config import SynthParams
 from stages.layout import AMBIGUOUS, SPLITS, RawLayout
 from stages.progress import Progress, Silent
 
-GENERATOR_VERSION = 1   # bump when the generator changes, so stale parts are not reused
+GENERATOR_VERSION = 2   # bump when the generator changes, so stale parts are not reused
 
 
 def parts_dir(raw_dir: Path, seed: int, p: SynthParams) -> Path:

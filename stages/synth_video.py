@@ -74,9 +74,9 @@ def video_id_for(rng: np.random.Generator, split: str, index: int) -> str:
     return f"syn{split[:2]}{index:02d}" + "".join(_LETTERS[i] for i in rng.integers(0, len(_LETTERS), 4))
 
 
-def _cast(rng: np.random.Generator, video_id: str, p: SynthParams) -> list[Person]:
+def _cast(rng: np.random.Generator, voice_rng: np.random.Generator, video_id: str, p: SynthParams) -> list[Person]:
     count = int(rng.integers(p.identities_per_video[0], p.identities_per_video[1] + 1))
-    voice_list = voices.draw_cast_voices(rng, count, p.voice_similarity)
+    voice_list = voices.draw_cast_voices(voice_rng, count, p.voice_similarity)
     weights = 1.0 / np.arange(1, count + 1) ** 1.1       # a few main characters get most shots
     silent = set()
     if count > 2:
@@ -124,14 +124,14 @@ def _envelope(audio: np.ndarray, fps: int, start: float) -> np.ndarray:
     return np.clip(np.ceil(levels_arr / peak * 3.2), 1, 3).astype(np.int8)
 
 
-def _speech(rng: np.random.Generator, cast: list[Person], shots: list[Shot], outsiders: list[voices.Voice],
-            p: SynthParams) -> tuple[np.ndarray, list[Segment]]:
-    """The soundtrack and its speech turns: on-screen talk, off-screen talk, beds at the shot's SNR."""
+def _speech(rng: np.random.Generator, bed_rng: np.random.Generator, cast: list[Person], shots: list[Shot],
+            outsiders: list[voices.Voice], p: SynthParams) -> tuple[np.ndarray, list[Segment]]:
+    """The soundtrack and its speech turns (from `rng`) over reverb and beds at the shot's SNR (from `bed_rng`)."""
     total = shots[-1].first_frame + shots[-1].frames
     audio = np.zeros(int(np.ceil(total / p.fps * SAMPLE_RATE)) + 1, np.float32)
     intro = int(shots[0].first_frame / p.fps * SAMPLE_RATE)
     if intro:
-        audio[:intro] += soundtrack.music_bed(rng, intro, SAMPLE_RATE) * soundtrack.bed_gain(10.0)
+        audio[:intro] += soundtrack.music_bed(bed_rng, intro, SAMPLE_RATE) * soundtrack.bed_gain(10.0)
     segments: list[Segment] = []
     talkers = [i for i, c in enumerate(cast) if not c.silent]
     for shot in shots:
@@ -169,11 +169,11 @@ def _speech(rng: np.random.Generator, cast: list[Person], shots: list[Shot], out
             overlap = rng.random() < p.overlap_share and speaker >= 0 and speaker != previous
             t += length / SAMPLE_RATE + (-rng.uniform(0.1, 0.4) if overlap else rng.uniform(0.1, 0.6))
             previous = speaker
-        speech = soundtrack.reverberate(rng, speech, SAMPLE_RATE, p.reverb)
-        bed = (soundtrack.music_bed if rng.random() < p.music_share else soundtrack.noise_bed)(
-            rng, speech.size, SAMPLE_RATE)
+        speech = soundtrack.reverberate(bed_rng, speech, SAMPLE_RATE, p.reverb)
+        bed = (soundtrack.music_bed if bed_rng.random() < p.music_share else soundtrack.noise_bed)(
+            bed_rng, speech.size, SAMPLE_RATE)
         a = int(round(start * SAMPLE_RATE))
-        audio[a: a + speech.size] += speech + bed * soundtrack.bed_gain(rng.uniform(*p.snr_db))
+        audio[a: a + speech.size] += speech + bed * soundtrack.bed_gain(bed_rng.uniform(*p.snr_db))
     audio = audio[: int(round(total / p.fps * SAMPLE_RATE))]
     peak = float(np.abs(audio).max()) if audio.size else 0.0
     return (audio / max(1.0, peak / 0.95)).astype(np.float32), segments
@@ -290,14 +290,15 @@ def _frames(rng: np.random.Generator, cast: list[Person], shots: list[Shot], tra
 def generate_video(seed: int, split: str, index: int, p: SynthParams, directory: Path) -> dict:
     """Render one video into `directory`: <id>.mp4 and its AVA rows and APES rows; returns a summary."""
     cv2.setNumThreads(1)
-    streams = np.random.SeedSequence([seed, 0 if split == "train" else 1, index]).spawn(5)
-    plan_rng, audio_rng, track_rng, frame_rng, id_rng = (np.random.default_rng(s) for s in streams)
+    # separate streams, so an audio knob changes no face and a face knob no voice
+    streams = np.random.SeedSequence([seed, 0 if split == "train" else 1, index]).spawn(7)
+    plan_rng, voice_rng, audio_rng, bed_rng, track_rng, frame_rng, id_rng = (np.random.default_rng(s) for s in streams)
     video_id = video_id_for(id_rng, split, index)
     voices.reset(int(id_rng.integers(1 << 31)))
-    cast = _cast(plan_rng, video_id, p)
+    cast = _cast(plan_rng, voice_rng, video_id, p)
     shots = _shots(plan_rng, cast, p)
-    outsiders = voices.draw_cast_voices(plan_rng, 3, 0.0)
-    audio, segments = _speech(audio_rng, cast, shots, outsiders, p)
+    outsiders = voices.draw_cast_voices(voice_rng, 3, 0.0)
+    audio, segments = _speech(audio_rng, bed_rng, cast, shots, outsiders, p)
     tracks = _tracks(track_rng, video_id, cast, shots, segments, p)
     wav = directory / f".{video_id}.wav"
     _write_wav(wav, audio)

@@ -184,9 +184,9 @@ def test_mouth_follows_the_speech_labels() -> None:
     p = dataclasses.replace(MICRO, shots_per_video=8, identities_per_video=(2, 2), silent_share=0.0,
                             not_audible_share=0.0)
     rng = np.random.default_rng(3)
-    cast = synth_video._cast(rng, "vid", p)
+    cast = synth_video._cast(rng, rng, "vid", p)
     shots = synth_video._shots(rng, cast, p)
-    audio, segments = synth_video._speech(rng, cast, shots, voices.draw_cast_voices(rng, 1, 0.0), p)
+    audio, segments = synth_video._speech(rng, rng, cast, shots, voices.draw_cast_voices(rng, 1, 0.0), p)
     tracks = synth_video._tracks(rng, "vid", cast, shots, segments, p)
     speaking = np.concatenate([t.mouth[np.array(t.labels) == "SPEAKING_AUDIBLE"] for t in tracks])
     quiet = np.concatenate([t.mouth[np.array(t.labels) == "NOT_SPEAKING"] for t in tracks])
@@ -248,3 +248,13 @@ def test_config_names_the_bad_synth_key() -> None:
         params_from_dict({"synth": {"shot_seconds": [3.0, 1.0]}})
     with pytest.raises(ConfigError, match="synth.colour"):
         params_from_dict({"synth": {"colour": 1}})
+
+
+def test_audio_knobs_leave_faces_and_labels_alone(tmp_path: Path) -> None:
+    base = _micro_run(tmp_path / "a", 4)
+    harsher = _micro_run(tmp_path / "b", 4, dataclasses.replace(MICRO, snr_db=(-5.0, 0.0), music_share=1.0,
+                                                                 reverb=1.0))
+    csvs = [k for k in base if k.endswith(".csv")]
+    assert all(base[k] == harsher[k] for k in csvs)      # same boxes, labels and identities
+    videos = [k for k in base if k.endswith(".mp4")]
+    assert all(base[k] != harsher[k] for k in videos)    # but another soundtrack
