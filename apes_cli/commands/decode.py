@@ -21,7 +21,7 @@ HELP = ("Per video: check the annotations, map every annotated timestamp to its 
         "videos already done are skipped (resumable). See docs/media.md.")
 
 SplitOption = Annotated[Optional[list[str]], typer.Option(
-    "--split", help="Split to process (repeatable). Default: train and val.")]
+    "--split", metavar="SPLIT", help="Split to process: train or val (repeatable). Default: both.")]
 
 
 def check_splits(splits: Optional[list[str]]) -> tuple[str, ...]:
