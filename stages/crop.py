@@ -111,6 +111,7 @@ class _Batch:
 
 def _crop_video(plan_file: Path, split: str, layout: RawLayout, out_dir: Path,
                 params: CropParams) -> dict[str, Any]:
+    """Crop one video (or reuse its complete shard); returns its counts."""
     plan = pq.read_table(plan_file)
     meta = metadata(plan.schema)
     video_id = plan_file.stem

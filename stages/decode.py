@@ -54,6 +54,7 @@ def _check_in_video(job: _Job, info: VideoInfo, stamps: np.ndarray) -> None:
 
 
 def _decode_video(job: _Job, layout: RawLayout, out_dir: Path, params: DecodeParams) -> dict[str, Any]:
+    """Plan and extract the audio of one video (or reuse its complete plan); returns its counts."""
     video = layout.video_path(job.video_id)
     digest = fingerprint(file_digest(job.csv_path), job.apes_digest, video.name, video.stat().st_size,
                          params_digest(params))
@@ -90,6 +91,7 @@ def _decode_video(job: _Job, layout: RawLayout, out_dir: Path, params: DecodePar
 
 
 def _jobs(layout: RawLayout, splits: Sequence[str], expected: dict[str, set[str]]) -> Iterator[_Job]:
+    """Validated boxes of every video, one at a time, noting each video id in `expected`."""
     for split in splits:
         apes_digest = file_digest(layout.apes_csv(split)) if layout.apes_csv(split).is_file() else ""
         for video_id, csv_path, boxes in iter_split(layout, split):

@@ -77,7 +77,9 @@ def snippet_starts(segment: Segment, length: float, hop: float) -> list[float]:
     return [segment.start + k * hop for k in range(count)]
 
 
-def _mel_video(plan_file: Path, split: str, decoded_dir: Path, out_dir: Path, params: MelParams) -> dict[str, Any]:
+def _mel_video(plan_file: Path, split: str, decoded_dir: Path, out_dir: Path,
+               params: MelParams) -> dict[str, Any]:
+    """Snippets and log-mels of one video (or reuse its complete shard); returns its counts."""
     plan = pq.read_table(plan_file)
     meta = metadata(plan.schema)
     video_id = plan_file.stem
