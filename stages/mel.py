@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from stages.audio_features import LogMel, log_mel_batches, snippet_frames, snippet_samples
+from stages.audio_features import LogMel, log_mel_at, snippet_frames, snippet_samples
 from stages.config import MelParams
 from stages.errors import DataError
 from stages.progress import Progress, Silent
@@ -83,7 +83,7 @@ def _mel_video(plan_file: Path, split: str, decoded_dir: Path, out_dir: Path,
     plan = pq.read_table(plan_file)
     meta = metadata(plan.schema)
     video_id = plan_file.stem
-    digest = fingerprint(meta.get(FINGERPRINT_KEY), params_digest(params), "log-mel v1")
+    digest = fingerprint(meta.get(FINGERPRINT_KEY), params_digest(params), "log-mel v2")
     target = shard_path(out_dir, split, video_id)
     if is_complete(target, digest):
         return {**shard_stats(target), "resumed": 1}
@@ -126,8 +126,7 @@ def _mel_video(plan_file: Path, split: str, decoded_dir: Path, out_dir: Path,
     try:
         for first in range(0, len(starts), params.batch_size):
             batch = starts[first:first + params.batch_size]
-            snippets = np.stack([padded[s:s + length] for s in batch])
-            mels = log_mel_batches(transform, snippets, params.batch_size)
+            mels = log_mel_at(transform, padded, np.asarray(batch), length)
             rows = [kept[owner] for owner in owners[first:first + params.batch_size]]
             writer.write(pa.table({
                 "video_id": [video_id] * len(batch),

@@ -18,7 +18,7 @@ from media_data import (BOX_RATE, SAMPLE_WAV, cli, leftovers, rttm_turns, standa
                         write_raw)
 
 from stages.annotations import load_split
-from stages.audio_features import LogMel, log_mel_batches, snippet_frames, snippet_samples
+from stages.audio_features import LogMel, log_mel_at, log_mel_batches, snippet_frames, snippet_samples
 from stages.config import MelParams
 from stages.layout import RawLayout
 from stages.mel import Segment, snippet_starts, speech_segments
@@ -55,6 +55,23 @@ def test_torchaudio_log_mel_matches_librosa_on_real_speech() -> None:
     with torch.inference_mode():
         plain = torch.log(default(torch.from_numpy(snippets)) + 1e-6).numpy()
     assert np.abs(plain - theirs).max() > 0.5
+
+
+@pytest.mark.parametrize("params", [
+    PARAMS,
+    MelParams(n_fft=400, win_length=400, hop_length=100, snippet_hop_seconds=0.1),
+    MelParams(snippet_seconds=0.1),
+])
+def test_shared_frame_grid_gives_the_same_log_mels_as_one_snippet_at_a_time(params: MelParams) -> None:
+    audio, rate = read_wav(SAMPLE_WAV)
+    length, step = snippet_samples(params, rate), int(params.snippet_hop_seconds * rate)
+    rng = np.random.default_rng(0)
+    offsets = [int(start) + k * step for start in rng.integers(0, audio.size - 3 * rate, 30)
+               for k in range(rng.integers(1, 8))]
+    offsets = np.array(offsets + [0, audio.size - length, 12345, 12345, 12346])  # edges, duplicates, off-grid
+    transform = LogMel(params, rate)
+    alone = log_mel_batches(transform, np.stack([audio[o:o + length] for o in offsets]), batch_size=64)
+    np.testing.assert_allclose(log_mel_at(transform, audio, offsets, length), alone, atol=1e-5)
 
 
 def test_speech_runs_become_segments_one_box_interval_long_past_the_last_box() -> None:
