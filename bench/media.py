@@ -23,7 +23,10 @@ from pathlib import Path
 import librosa
 import numpy as np
 import pyarrow.parquet as pq
+import torch
+from threadpoolctl import threadpool_limits
 
+from stages.audio_features import LogMel, log_mel_at, snippet_samples
 from stages.config import CropParams, DecodeParams, MelParams
 from stages.crop import crop
 from stages.decode import decode
@@ -68,23 +71,22 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def best_of(run: Callable[[], object]) -> tuple[float, float]:
-    """Fastest wall time and fastest CPU time of REPEATS runs."""
-    walls, cpus = [], []
+def best_of(*runs: Callable[[], object]) -> list[tuple[float, float]]:
+    """Fastest (wall, CPU) time of REPEATS runs of each callable, interleaved so that load on a shared
+    machine hits them alike."""
+    times: list[list[tuple[float, float]]] = [[] for _ in runs]
     for _ in range(REPEATS):
-        started, cpu = time.perf_counter(), cpu_seconds()
-        run()
-        walls.append(time.perf_counter() - started)
-        cpus.append(cpu_seconds() - cpu)
-    return min(walls), min(cpus)
+        for run, samples in zip(runs, times):
+            started, cpu = time.perf_counter(), cpu_seconds()
+            run()
+            samples.append((time.perf_counter() - started, cpu_seconds() - cpu))
+    return [(min(w for w, _ in samples), min(c for _, c in samples)) for samples in times]
 
 
 def decode_crop_rows(work: Path) -> list[tuple[str, str, float]]:
     """decode + crop frames/s against a bare ffmpeg decode at 20 fps."""
     raw = make_raw(work / "raw", 1, SECONDS)
     video = raw / "videos" / "bench00.mp4"
-    bare, bare_cpu = best_of(lambda: subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error",
-                                           "-i", str(video), "-vf", "fps=20", "-f", "null", "-"], check=True))
     outcome: dict[str, dict] = {}
 
     def stages() -> None:
@@ -93,7 +95,11 @@ def decode_crop_rows(work: Path) -> list[tuple[str, str, float]]:
         outcome["decode"] = decode(raw, work / "decoded", DecodeParams(workers=1), ["train"])
         outcome["crop"] = crop(raw, work / "decoded", work / "crops", CropParams(workers=1), ["train"])
 
-    ours, ours_cpu = best_of(stages)
+    def bare_ffmpeg() -> None:
+        subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(video),
+                        "-vf", "fps=20", "-f", "null", "-"], check=True)
+
+    (ours, ours_cpu), (bare, bare_cpu) = best_of(stages, bare_ffmpeg)
     frames = SECONDS * BOX_RATE
     crops = outcome["crop"]["crops"]
     figure = (f"decode+crop {SECONDS} s {WIDTH}x{HEIGHT} {FPS} fps, {crops} crops of {CropParams().size} px: "
@@ -105,7 +111,10 @@ def decode_crop_rows(work: Path) -> list[tuple[str, str, float]]:
 
 
 def mel_rows(work: Path) -> list[tuple[str, str, float]]:
-    """mel stage snippets/s against librosa one snippet at a time (same snippets, matched settings)."""
+    """mel snippets/s (whole stage, and features alone) against librosa one snippet at a time.
+
+    Needs the decoded bench video of decode_crop_rows in `work`.
+    """
     params = MelParams(workers=1)
     result: dict[str, dict] = {}
 
@@ -113,30 +122,50 @@ def mel_rows(work: Path) -> list[tuple[str, str, float]]:
         subprocess.run(["rm", "-rf", str(work / "mels")], check=True)
         result["mel"] = mel(work / "decoded", work / "mels", params, ["train"])
 
-    ours, _ = best_of(stage)
-    snippets = result["mel"]["snippets"]
+    stage()
     starts = pq.read_table(work / "mels" / "train" / "bench00.parquet", columns=["start"])["start"].to_numpy()
     plan_meta = metadata(pq.read_schema(work / "decoded" / "plan" / "train" / "bench00.parquet"))
     audio, rate = read_wav(work / "decoded" / plan_meta["audio"])
-    length = int(round(params.snippet_seconds * rate))
+    length = snippet_samples(params, rate)
     offsets = np.round((starts - float(plan_meta["audio_start"])) * rate).astype(int)
+    transform = LogMel(params, rate)
 
     def librosa_loop() -> None:
+        # numpy's BLAS threads make librosa's small mel products several times slower on a busy machine;
+        # one thread is its fastest setting here, so the baseline gets it.
+        with threadpool_limits(limits=1):
+            librosa_snippets()
+
+    def librosa_snippets() -> None:
         for offset in offsets:
             power = librosa.feature.melspectrogram(
                 y=audio[offset:offset + length], sr=rate, n_fft=params.n_fft, hop_length=params.hop_length,
                 win_length=params.win_length, n_mels=params.n_mels, center=True, pad_mode="constant", power=2.0)
             np.log(power + 1e-6)
 
-    baseline_s, _ = best_of(librosa_loop)
-    figure = f"mel stage (plan + wav in, Parquet out), {snippets} snippets: {snippets / ours:.0f} snippets/s"
-    baseline = f"librosa one snippet at a time (features only): {snippets / baseline_s:.0f} snippets/s"
-    return [(figure, baseline, baseline_s / ours)]
+    def features_alone() -> None:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as the mel stage runs it
+        try:
+            log_mel_at(transform, audio, offsets, length)
+        finally:
+            torch.set_num_threads(threads)
+
+    (ours, _), (features, _), (baseline_s, _) = best_of(stage, features_alone, librosa_loop)
+    count = len(offsets)
+    baseline = f"librosa one snippet at a time, BLAS on 1 thread: {count / baseline_s:.0f} snippets/s"
+    return [
+        (f"mel stage (plan + wav in, Parquet out), {count} snippets: {count / ours:.0f} snippets/s", baseline,
+         baseline_s / ours),
+        (f"mel features alone (torchaudio, shared frame grid): {count / features:.0f} snippets/s", baseline,
+         baseline_s / features),
+    ]
 
 
 _MEMORY_SCRIPT = """
 import json, resource, sys
 from pathlib import Path
+from stages.audio_features import LogMel, log_mel_at, snippet_samples
 from stages.config import CropParams, DecodeParams, MelParams
 from stages.crop import crop
 from stages.decode import decode

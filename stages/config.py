@@ -146,7 +146,7 @@ class MelParams:
     n_fft: int = 512
     win_length: int = 400
     hop_length: int = 160
-    batch_size: int = 512
+    batch_size: int = 2048
     workers: int = 0
 
     def validate(self, key: str) -> None:

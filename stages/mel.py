@@ -7,7 +7,6 @@ snippets start every `snippet_hop_seconds`; a run shorter than one snippet gets 
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -156,12 +155,13 @@ def mel(decoded_dir: str | Path, out_dir: str | Path, params: MelParams, splits:
         jobs.extend((split, plan) for plan in plans)
         remove_orphans(out_dir / split, {plan.stem for plan in plans})
     progress.start(len(jobs), "mel")
-    workers = resolve_workers(params.workers)
     torch_threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))  # videos in parallel share the cores
+    # One torch thread per worker: on these small FFTs OpenMP threads lose more to waiting than they
+    # gain (2 threads ran 2-5x slower than 1 on a busy 2-core machine); videos give the parallelism.
+    torch.set_num_threads(1)
     try:
         per_video = map_videos(jobs, lambda job: _mel_video(job[1], job[0], decoded_dir, out_dir, params),
-                               workers, progress)
+                               resolve_workers(params.workers), progress)
     finally:
         torch.set_num_threads(torch_threads)
     seconds = time.perf_counter() - began
