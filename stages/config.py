@@ -69,6 +69,8 @@ class SynthParams:
         lo, hi = self.identities_per_video
         _check(2 <= lo <= hi, f"{key}.identities_per_video", "expected 2 <= min <= max")
         _check(self.width >= 64 and self.height >= 64, f"{key}.width", "expected a frame of at least 64x64")
+        _check(self.width % 2 == 0 and self.height % 2 == 0, f"{key}.width",
+               "expected an even width and height (H.264 4:2:0)")
         _check(1 <= self.fps <= 60, f"{key}.fps", "expected 1..60")
         for name in ("silent_share", "ambiguous_share", "not_audible_share", "offscreen_speech_share",
                      "nuisance", "voice_similarity", "music_share", "overlap_share", "reverb"):

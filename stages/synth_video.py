@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import tempfile
 import wave
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,16 +242,21 @@ def _encode(path: Path, wav: Path, frames, p: SynthParams) -> None:
                "-c:a", "aac", "-b:a", "64k", "-ar", str(SAMPLE_RATE), "-ac", "1",
                "-fflags", "+bitexact", "-flags:v", "+bitexact", "-flags:a", "+bitexact", "-map_metadata", "-1",
                "-movflags", "+faststart", "-f", "mp4", str(path)]
-    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        for frame in frames:   # converted here: OpenCV's BT.601 conversion is faster than ffmpeg's
-            proc.stdin.write(cv2.cvtColor(frame, cv2.COLOR_RGB2YUV_I420).tobytes())
-        proc.stdin.close()
-    except BrokenPipeError:
-        pass
-    error = proc.stderr.read().decode(errors="replace")
-    if proc.wait() != 0:
-        raise RuntimeError(f"ffmpeg failed to encode {path.name}: {error.strip()[-500:]}")
+    with tempfile.TemporaryFile() as log:   # a file, not a pipe: a chatty ffmpeg cannot block us
+        proc = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=log)
+        try:
+            for frame in frames:   # converted here: OpenCV's BT.601 conversion is faster than ffmpeg's
+                proc.stdin.write(cv2.cvtColor(frame, cv2.COLOR_RGB2YUV_I420).tobytes())
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        if proc.wait() != 0:
+            log.seek(0)
+            raise RuntimeError(f"ffmpeg failed to encode {path.name}: {log.read().decode(errors='replace')[-500:]}")
 
 
 def _frames(rng: np.random.Generator, cast: list[Person], shots: list[Shot], tracks: list[Track],

@@ -246,6 +246,8 @@ def test_cli_writes_the_layout_and_rejects_bad_knobs(tmp_path: Path) -> None:
 def test_config_names_the_bad_synth_key() -> None:
     with pytest.raises(ConfigError, match="synth.shot_seconds"):
         params_from_dict({"synth": {"shot_seconds": [3.0, 1.0]}})
+    with pytest.raises(ConfigError, match="synth.width"):
+        params_from_dict({"synth": {"width": 101}})
     with pytest.raises(ConfigError, match="synth.colour"):
         params_from_dict({"synth": {"colour": 1}})
 
