@@ -196,20 +196,21 @@ class TrainParams:
 
     profile: str = "embedded"
     margin: float = 1.0
-    batch_size: int = 128
+    batch_size: int = 48
     mining: str = "none"
     normalize: bool = False
     pk_k: int = 4
     threads: int = 2
     workers: int = 0
     pretrained: str = ""
-    steps_per_epoch: int = 40
+    steps_per_epoch: int = 14
     precision: str = "auto"
     max_crops_per_track: int = 16
     val_every: int = 1
-    face: OptimParams = OptimParams(lr=3e-4)
-    voice: OptimParams = OptimParams(lr=5e-4)
-    crossmodal: OptimParams = OptimParams(lr=5e-5)
+    val_items_per_track: int = 2
+    face: OptimParams = OptimParams(lr=1e-3)
+    voice: OptimParams = OptimParams(lr=1e-3)
+    crossmodal: OptimParams = OptimParams(lr=1e-3, epochs=2, step_epochs=2)
 
     def validate(self, key: str) -> None:
         _check(self.profile in ("embedded", "paper"), f"{key}.profile", "expected 'embedded' or 'paper'")
@@ -224,6 +225,7 @@ class TrainParams:
         _check(self.precision in ("auto", "bf16", "fp32"), f"{key}.precision", "expected 'auto', 'bf16' or 'fp32'")
         _check(self.max_crops_per_track >= 0, f"{key}.max_crops_per_track", "expected >= 0 (0 = all)")
         _check(self.val_every >= 1, f"{key}.val_every", "expected >= 1")
+        _check(self.val_items_per_track >= 1, f"{key}.val_items_per_track", "expected >= 1")
         for name in MODALITIES:
             getattr(self, name).validate(f"{key}.{name}")
 

@@ -47,28 +47,32 @@ def _evenly_spaced(count: int, limit: int) -> np.ndarray:
 def _read_items(directory: Path, split: str, field: str, wanted: dict[str, int], limit: int,
                 shape_of: Callable[[dict[str, str], Path], tuple[int, ...]],
                 dtype: type) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Items of the wanted tracklets, grouped per tracklet and evenly subsampled: (values, start, count)."""
+    """Items of the wanted tracklets, grouped per tracklet and evenly subsampled: (values, start, count).
+
+    Rows are picked per shard before decoding, so only the kept items are ever copied out of Arrow.
+    """
     parts: list[np.ndarray] = []
-    owners: list[np.ndarray] = []
+    start = np.zeros(len(wanted), np.int64)
+    count = np.zeros(len(wanted), np.int64)
+    offset = 0
     for path in split_shards(directory, split):
         table = pq.read_table(path, columns=["video_id", "entity_id", field])
         owner = np.array([wanted.get(k, -1) for k in track_keys(table)], np.int64)
-        keep = np.flatnonzero(owner >= 0)
-        if len(keep):
-            shape = shape_of(metadata(table.schema), path)
-            parts.append(binary_to_array(table[field].take(keep), shape, dtype, path))
-            owners.append(owner[keep])
-    n_tracks = len(wanted)
+        rows = np.flatnonzero(owner >= 0)
+        if len(rows) == 0:
+            continue
+        rows = rows[np.argsort(owner[rows], kind="stable")]
+        tracks, first, sizes = np.unique(owner[rows], return_index=True, return_counts=True)
+        keep = np.concatenate([rows[f + _evenly_spaced(int(n), limit)] for f, n in zip(first, sizes)])
+        kept = np.minimum(sizes, limit) if limit > 0 else sizes
+        start[tracks] = offset + np.concatenate([[0], np.cumsum(kept)[:-1]])
+        count[tracks] = kept
+        offset += len(keep)
+        parts.append(binary_to_array(table[field].take(pa.array(keep)), shape_of(metadata(table.schema), path),
+                                     dtype, path))
     if not parts:
         raise DataError(Path(directory) / split, f"no {field} rows for the task's tracklets")
-    owner = np.concatenate(owners)
-    order = np.argsort(owner, kind="stable")
-    counts = np.bincount(owner, minlength=n_tracks)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    picked = [order[starts[t] + _evenly_spaced(int(counts[t]), limit)] for t in range(n_tracks)]
-    new_counts = np.array([len(p) for p in picked], np.int64)
-    values = np.concatenate(parts) if len(parts) > 1 else parts[0]
-    return values[np.concatenate(picked)], np.concatenate([[0], np.cumsum(new_counts)[:-1]]), new_counts
+    return (np.concatenate(parts) if len(parts) > 1 else parts[0]), start, count
 
 
 def _crop_shape(meta: dict[str, str], path: Path) -> tuple[int, ...]:

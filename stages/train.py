@@ -189,7 +189,7 @@ def train_run(params: Params, spec: RunSpec, *, device: str = "auto", resume: bo
     store = load_store(crops_dir, mels_dir, "train", spec.task, streams, max_crops=train.max_crops_per_track,
                        tracklets=read_tracklet_table(triplets_dir, spec.task))
     val_store = load_store(crops_dir, mels_dir, "val", spec.task, streams,
-                           max_crops=params.evaluate.crops_per_track, max_snippets=params.evaluate.snippets_per_track)
+                           max_crops=train.val_items_per_track, max_snippets=train.val_items_per_track)
     schedule = resolve_schedule(train, spec.modality, len(make_sampler(store, spec, train, 3).anchors))
     sampler = make_sampler(store, spec, train, schedule.batch_size)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -56,11 +57,14 @@ def command(
         settings = with_overrides(settings, train=dataclasses.replace(settings.train, profile=profile))
     spec = stage.RunSpec(_choice(modality, MODALITIES, "--modality"), _choice(sampling, STRATEGIES, "--sampling"),
                          _choice(task, TASKS, "--task"), settings.seed if seed is None else seed, seed is not None)
-    bar = Bar()
+    leader = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
+    bar = Bar() if leader else None
     try:
         result = stage.train_run(settings, spec, device=device, resume=resume, crops_dir=crops_dir,
                                  mels_dir=mels_dir, triplets_dir=triplets_dir, models_dir=out,
                                  metrics_dir=metrics_dir, progress=bar)
     finally:
-        bar.close()
-    print_metrics(result)
+        if bar is not None:
+            bar.close()
+    if leader:
+        print_metrics(result)

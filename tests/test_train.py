@@ -1,0 +1,177 @@
+"""Training on a tiny shard set: it learns, resumes to the same result, rejects bad runs, and embeds tracklets."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+from torchvision.models import resnet18
+from typer.testing import CliRunner
+
+from apes_cli.main import app
+from stages.config import OptimParams, Params, load_params
+from stages.embed import embed_store, embed_tracklets
+from stages.errors import ConfigError, DataError
+from stages.datasets import load_store
+from stages.models import build_model, load_checkpoint
+from stages.ranking import random_metrics
+from stages.schemas import EMBEDDINGS
+from stages.train import RunSpec, TrainingError, train_run
+from stages.triplets import run_triplets
+from train_data import TinySpec, write_tiny_shards
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("train")
+    crops, mels = write_tiny_shards(root, TinySpec(train_videos=3, val_videos=2, tracklets=4, crops=4, noise=0.35))
+    run_triplets(Params(), crops, mels, root / "triplets", root / "metrics" / "triplets.json")
+    return {"root": root, "crops": crops, "mels": mels, "triplets": root / "triplets"}
+
+
+def _params(epochs: int = 2, steps: int = 3, batch: int = 24, lr: float = 1e-3, **train: object) -> Params:
+    base = Params()
+    schedule = OptimParams(lr=lr, epochs=epochs, step_epochs=epochs)
+    settings = dataclasses.replace(base.train, threads=1, batch_size=batch, steps_per_epoch=steps, face=schedule,
+                                   voice=schedule, crossmodal=schedule, **train)
+    return dataclasses.replace(base, train=settings, evaluate=dataclasses.replace(base.evaluate, crops_per_track=4))
+
+
+def _run(data: dict[str, Path], params: Params, spec: RunSpec, out: Path, **kwargs: object) -> dict:
+    return train_run(params, spec, crops_dir=data["crops"], mels_dir=data["mels"], triplets_dir=data["triplets"],
+                     models_dir=out / "models", metrics_dir=out / "metrics", **kwargs)
+
+
+def test_cli_trained_face_model_beats_random_and_its_loss_falls(data: dict[str, Path], tmp_path: Path) -> None:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["train"].update(threads=1, batch_size=48, steps_per_epoch=6, face={"lr": 1e-3, "epochs": 3, "step_epochs": 3})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(app, [
+        "train", "--modality", "face", "--sampling", "within", "--task", "seen", "--params", str(tmp_path / "params.yaml"),
+        "--crops-dir", str(data["crops"]), "--mels-dir", str(data["mels"]), "--triplets-dir", str(data["triplets"]),
+        "--out", str(tmp_path / "models"), "--metrics-dir", str(tmp_path / "metrics")])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "metrics" / "train_face_within_seen.json").read_text())
+    rows = (tmp_path / "metrics" / "train_face_within_seen.tsv").read_text().splitlines()
+    assert rows[0].split("\t") == ["epoch", "loss", "val_mAP", "seconds"] and len(rows) == 4
+    losses = [float(r.split("\t")[1]) for r in rows[1:]]
+    assert losses[-1] < 0.6 * losses[0]
+    val = load_store(data["crops"], data["mels"], "val", "seen", ("crops",))
+    chance = random_metrics(val.tracklets["video_id"].to_pylist(), val.tracklets["identity"].to_pylist())["mAP"]
+    assert metrics["val_mAP"] > chance + 25
+    model = load_checkpoint(tmp_path / "models" / "face_within_seen" / "model.pt")
+    assert model.modality == "face" and model.meta["epochs"] == 3
+
+
+class _Interrupt(Exception):
+    pass
+
+
+class _StopAfter:
+    """A progress sink that kills the run after `steps` steps, like a Ctrl-C mid-epoch."""
+
+    def __init__(self, steps: int) -> None:
+        self.left = steps
+
+    def start(self, total: int, description: str) -> None:
+        pass
+
+    def advance(self, amount: int = 1) -> None:
+        self.left -= amount
+        if self.left <= 0:
+            raise _Interrupt
+
+
+def test_resume_after_an_interruption_gives_the_uninterrupted_result(data: dict[str, Path], tmp_path: Path) -> None:
+    params, spec = _params(epochs=2, steps=3), RunSpec("face", "across", "seen", seed=3)
+    whole = _run(data, params, spec, tmp_path / "a")
+    with pytest.raises(_Interrupt):
+        _run(data, params, spec, tmp_path / "b", progress=_StopAfter(5))  # dies in epoch 2, after last.pt of epoch 1
+    assert not (tmp_path / "b" / "models" / spec.name / "model.pt").exists()
+    resumed = _run(data, params, spec, tmp_path / "b", resume=True)
+    assert resumed["resumed_at_epoch"] == 1
+    assert (resumed["loss"], resumed["val_mAP"]) == (whole["loss"], whole["val_mAP"])
+    a = torch.load(tmp_path / "a" / "models" / spec.name / "model.pt")["state_dict"]
+    b = torch.load(tmp_path / "b" / "models" / spec.name / "model.pt")["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(TrainingError, match="other settings"):
+        _run(data, _params(epochs=2, steps=4), spec, tmp_path / "b", resume=True)
+
+
+def test_voice_and_crossmodal_need_seen_heard(data: dict[str, Path], tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["train", "--modality", "voice", "--task", "seen", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "needs task 'seen_heard'" in result.output
+    with pytest.raises(TrainingError, match="seen_heard"):
+        _run(data, _params(), RunSpec("crossmodal", "within", "seen", 0), tmp_path)
+
+
+def test_crossmodal_mined_run_and_its_tracklet_embeddings(data: dict[str, Path], tmp_path: Path) -> None:
+    params = _params(epochs=1, steps=2, batch=16, mining="batch_hard", normalize=True, margin=0.3, pk_k=2)
+    metrics = _run(data, params, RunSpec("crossmodal", "weak", "seen_heard", 0), tmp_path)
+    assert np.isfinite(metrics["loss"]) and metrics["mining"] == "batch_hard"
+    model = load_checkpoint(tmp_path / "models" / "crossmodal_weak_seen_heard" / "model.pt")
+    table = embed_tracklets(model, "crossmodal", data["crops"], data["mels"], "val", "seen_heard", params)
+    assert table.schema.equals(EMBEDDINGS) and table.num_rows == 2 * 10
+    vectors = np.array(table["embedding"].to_pylist())
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    # joint of the means == mean of the joints of every (crop, snippet) pair of the tracklet (linear projection)
+    store = load_store(data["crops"], data["mels"], "val", "seen_heard", ("crops", "mels"), 4, 8)
+    t = store.tracks
+    with torch.no_grad():
+        face = model.face(torch.from_numpy(store.crops[t.crop_start[0]:t.crop_start[0] + t.crop_count[0]])
+                          .permute(0, 3, 1, 2).float() / 255)
+        voice = model.voice(torch.from_numpy(store.mels[t.mel_start[0]:t.mel_start[0] + t.mel_count[0]]).unsqueeze(1))
+        pairs = model.joint(face.repeat_interleave(len(voice), 0), voice.repeat(len(face), 1)).mean(0, keepdim=True)
+    assert np.allclose(model.finish(pairs).numpy()[0], vectors[0], atol=1e-4)
+    assert np.allclose(embed_store(model, store), vectors, atol=1e-5)
+
+
+def test_a_nan_loss_stops_with_a_clear_message(data: dict[str, Path], tmp_path: Path) -> None:
+    crops, mels = write_tiny_shards(tmp_path, TinySpec(train_videos=2, val_videos=1, crops=2, snippets=2))
+    for shard in (mels / "train").glob("*.parquet"):
+        table = pq.read_table(shard)
+        poisoned = [np.full(len(v) // 4, np.nan, np.float32).tobytes() for v in table["mel"].to_pylist()]
+        table = table.set_column(table.schema.get_field_index("mel"), "mel", pa.array(poisoned, pa.binary()))
+        pq.write_table(table, shard)
+    run_triplets(Params(), crops, mels, tmp_path / "triplets", tmp_path / "triplets.json")
+    with pytest.raises(TrainingError, match="loss became nan at epoch 1, step 1"):
+        train_run(_params(), RunSpec("voice", "within", "seen_heard", 0), crops_dir=crops, mels_dir=mels,
+                  triplets_dir=tmp_path / "triplets", models_dir=tmp_path / "models", metrics_dir=tmp_path / "m")
+    assert not (tmp_path / "models" / "voice_within_seen_heard" / "model.pt").exists()
+
+
+def test_imagenet_weights_map_into_both_streams(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    reference = resnet18(weights=None).state_dict()
+    torch.save(reference, tmp_path / "resnet18.pth")
+    model = build_model("crossmodal", pretrained=str(tmp_path / "resnet18.pth"))
+    assert torch.equal(model.face.net.conv1.weight, reference["conv1.weight"])
+    assert torch.allclose(model.voice.net.conv1.weight, reference["conv1.weight"].mean(1, keepdim=True))
+    assert torch.equal(model.voice.net.layer4[1].conv2.weight, reference["layer4.1.conv2.weight"])
+    with pytest.raises(ConfigError, match="no ResNet-18 weights"):
+        build_model("face", pretrained=str(tmp_path / "missing.pth"))
+    torch.save({"something": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(DataError, match="not a torchvision ResNet-18"):
+        build_model("voice", pretrained=str(tmp_path / "other.pth"))
+
+
+def test_checkpoint_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="not found"):
+        load_checkpoint(tmp_path / "none.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(DataError, match="junk.pt"):
+        load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_project_params_name_a_valid_embedded_profile() -> None:
+    params = load_params(ROOT / "params.yaml")
+    assert params.train.profile in ("embedded", "paper") and params.train.mining in ("none", "batch_hard", "semi_hard")
