@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -91,7 +92,7 @@ def decode_crop_rows(work: Path) -> list[tuple[str, str, float]]:
 
     def stages() -> None:
         for folder in ("decoded", "crops"):
-            subprocess.run(["rm", "-rf", str(work / folder)], check=True)
+            shutil.rmtree(work / folder, ignore_errors=True)
         outcome["decode"] = decode(raw, work / "decoded", DecodeParams(workers=1), ["train"])
         outcome["crop"] = crop(raw, work / "decoded", work / "crops", CropParams(workers=1), ["train"])
 
@@ -119,7 +120,7 @@ def mel_rows(work: Path) -> list[tuple[str, str, float]]:
     result: dict[str, dict] = {}
 
     def stage() -> None:
-        subprocess.run(["rm", "-rf", str(work / "mels")], check=True)
+        shutil.rmtree(work / "mels", ignore_errors=True)
         result["mel"] = mel(work / "decoded", work / "mels", params, ["train"])
 
     stage()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,12 @@ def snippet_starts(segment: Segment, length: float, hop: float) -> list[float]:
     return [segment.start + k * hop for k in range(count)]
 
 
+@lru_cache(maxsize=4)
+def _log_mel(params: MelParams, sample_rate: int) -> LogMel:
+    """One transform per setting, shared by every video (its forward pass keeps no state)."""
+    return LogMel(params, sample_rate)
+
+
 def _mel_video(plan_file: Path, split: str, decoded_dir: Path, out_dir: Path,
                params: MelParams) -> dict[str, Any]:
     """Snippets and log-mels of one video (or reuse its complete shard); returns its counts."""
@@ -119,7 +126,7 @@ def _mel_video(plan_file: Path, split: str, decoded_dir: Path, out_dir: Path,
         "snippet_seconds": repr(params.snippet_seconds), "hop_length": str(params.hop_length),
         FINGERPRINT_KEY: digest,
     })
-    transform = LogMel(params, rate)
+    transform = _log_mel(params, rate)
     padded = np.concatenate([audio, np.zeros(max(0, length - audio.size), np.float32)])
     writer = ShardWriter(target, schema)
     try:
