@@ -209,8 +209,8 @@ class TrainParams:
     val_every: int = 1
     val_items_per_track: int = 2
     face: OptimParams = OptimParams(lr=1e-3)
-    voice: OptimParams = OptimParams(lr=1e-3)
-    crossmodal: OptimParams = OptimParams(lr=1e-3, epochs=2, step_epochs=2)
+    voice: OptimParams = OptimParams(lr=2e-3)
+    crossmodal: OptimParams = OptimParams(lr=3e-4, epochs=2, step_epochs=2)
 
     def validate(self, key: str) -> None:
         _check(self.profile in ("embedded", "paper"), f"{key}.profile", "expected 'embedded' or 'paper'")
