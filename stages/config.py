@@ -52,12 +52,12 @@ class SynthParams:
     ambiguous_share: float = 0.08
     not_audible_share: float = 0.05
     offscreen_speech_share: float = 0.1
-    nuisance: float = 0.4
-    voice_similarity: float = 0.6
-    snr_db: tuple[float, float] = (0.0, 15.0)
-    music_share: float = 0.5
+    nuisance: float = 0.7
+    voice_similarity: float = 0.85
+    snr_db: tuple[float, float] = (-5.0, 5.0)
+    music_share: float = 0.7
     overlap_share: float = 0.15
-    reverb: float = 0.5
+    reverb: float = 0.7
     workers: int = 0
 
     def validate(self, key: str) -> None:
