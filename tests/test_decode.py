@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from media_data import (FPS, SAMPLE_WAV, Track, Video, cli, index_band, leftovers, standard_videos, write_params,
-                        write_raw)
+from media_data import (FPS, SAMPLE_WAV, Track, Video, cli, index_band, leftovers, render_frame, standard_videos,
+                        write_params, write_raw)
 
+from stages import video_io
 from stages.shards import metadata
 from stages.video_io import ffmpeg_exe, frame_indices, iter_frames, probe, read_wav
 
@@ -46,6 +47,28 @@ def test_frames_arrive_with_their_own_index_across_seeks(raw: Path) -> None:
     wanted = [0, 3, 4, 100, 101, 399, 440, 449]  # 101 -> 399 is longer than SEEK_GAP_SECONDS: a second seek
     seen = [(index, index_band(frame.y)) for index, frame in iter_frames(info, wanted)]
     assert seen == [(i, i) for i in wanted]
+
+
+@pytest.mark.parametrize(("name", "codec", "rate"), [
+    ("v.mkv", ["-c:v", "mpeg4", "-bf", "2", "-q:v", "2"], "30000/1001"),  # B-frames, NTSC rate
+    ("v.webm", ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "2M"], "24"),
+])
+def test_frames_are_indexed_right_in_other_containers_and_codecs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, codec: list[str], rate: str) -> None:
+    monkeypatch.setattr(video_io, "SEEK_GAP_SECONDS", 0.5)  # several seeks within a short video
+    path = tmp_path / name
+    process = subprocess.Popen([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "rawvideo",
+                                "-pix_fmt", "rgb24", "-s", "320x180", "-r", rate, "-i", "-", *codec, str(path)],
+                               stdin=subprocess.PIPE)
+    for index in range(100):
+        process.stdin.write(render_frame(index, []).tobytes())
+    process.stdin.close()
+    assert process.wait() == 0
+    info = probe(path)
+    numerator, _, denominator = rate.partition("/")
+    assert info.fps == pytest.approx(int(numerator) / int(denominator or 1), abs=1e-9)
+    wanted = [0, 1, 17, 18, 19, 40, 75, 99]
+    assert [(i, index_band(frame.y)) for i, frame in iter_frames(info, wanted)] == [(i, i) for i in wanted]
 
 
 def nearest_frame(stamp: float, fps: float) -> int:
