@@ -7,7 +7,7 @@ import hashlib
 import json
 import re
 import subprocess
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from apes_cli.main import app
 from stages import faces, synth_video, voices
-from stages.annotations import iter_split, read_apes_csv, read_ava_csv, read_manifest
+from stages.annotations import iter_split, list_split_videos, read_apes_csv, read_ava_csv, read_manifest
 from stages.config import SynthParams, params_from_dict
 from stages.errors import ConfigError
 from stages.layout import AMBIGUOUS, SPLITS, RawLayout
@@ -53,9 +53,8 @@ def test_every_video_decodes_fully_with_audio(tiny_raw: Path, tiny_synth_params:
     p = tiny_synth_params
     layout = RawLayout(tiny_raw)
     for split in SPLITS:
-        for _, table in ((v, read_ava_csv(path, split)) for v, path in
-                         ((path.name.split("-")[0], path) for path in sorted(layout.ava_dir(split).glob("*.csv")))):
-            video_id = table["video_id"][0].as_py()
+        for video_id, csv_path in list_split_videos(layout, split):
+            table = read_ava_csv(csv_path, split)
             video = layout.video_path(video_id)
             decoded = _ffmpeg("-i", str(video), "-f", "rawvideo", "-pix_fmt", "rgb24", "-")
             assert decoded.returncode == 0, decoded.stderr.decode()[-300:]
@@ -260,3 +259,16 @@ def test_audio_knobs_leave_faces_and_labels_alone(tmp_path: Path) -> None:
     assert all(base[k] == harsher[k] for k in csvs)      # same boxes, labels and identities
     videos = [k for k in base if k.endswith(".mp4")]
     assert all(base[k] != harsher[k] for k in videos)    # but another soundtrack
+
+
+def test_screen_time_has_a_long_tail_and_a_quarter_of_the_cast_is_silent() -> None:
+    p = SynthParams()
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        cast = synth_video._cast(rng, rng, "vid", p)
+        shots = synth_video._shots(rng, cast, p)
+        counts = sorted(Counter(person for shot in shots for person in shot.people).values(), reverse=True)
+        assert len(counts) == len(cast)                  # everyone is on screen at least once
+        assert counts[0] > 3 * np.median(counts)         # main characters get most shots
+        assert sum(c.silent for c in cast) == round(p.silent_share * len(cast))
+        assert not cast[0].silent and not cast[1].silent
