@@ -169,7 +169,8 @@ def _save(path: Path, payload: dict[str, Any]) -> None:
 
 def train_run(params: Params, spec: RunSpec, *, device: str = "auto", resume: bool = False,
               crops_dir: str | Path = "data/crops", mels_dir: str | Path = "data/mels",
-              triplets_dir: str | Path = "data/triplets", models_dir: str | Path = "models", metrics_dir: str | Path = "metrics",
+              triplets_dir: str | Path = "data/triplets", models_dir: str | Path = "models",
+              metrics_dir: str | Path = "metrics",
               progress: Progress | None = None) -> dict[str, Any]:
     """Train one run end to end (or continue it with `resume`); returns the final metrics."""
     started = time.perf_counter()
@@ -190,8 +191,11 @@ def train_run(params: Params, spec: RunSpec, *, device: str = "auto", resume: bo
                        tracklets=read_tracklet_table(triplets_dir, spec.task))
     val_store = load_store(crops_dir, mels_dir, "val", spec.task, streams,
                            max_crops=train.val_items_per_track, max_snippets=train.val_items_per_track)
-    schedule = resolve_schedule(train, spec.modality, len(make_sampler(store, spec, train, 3).anchors))
-    sampler = make_sampler(store, spec, train, schedule.batch_size)
+    try:
+        schedule = resolve_schedule(train, spec.modality, len(make_sampler(store, spec, train, 3).anchors))
+        sampler = make_sampler(store, spec, train, schedule.batch_size)
+    except ValueError as error:
+        raise TrainingError(f"run {spec.name}: {error}") from None
 
     model = build_model(spec.modality, train.normalize, train.pretrained).to(dev)
     model = model.to(memory_format=torch.channels_last)
@@ -238,8 +242,9 @@ def train_run(params: Params, spec: RunSpec, *, device: str = "auto", resume: bo
             dist.all_reduce(value)
             value /= world
         if not torch.isfinite(value):
-            raise TrainingError(f"run {spec.name}: the loss became {value.item()} at epoch {epoch + 1}, step {step + 1}; "
-                                f"lower train.{spec.modality}.lr or set train.precision: fp32")
+            raise TrainingError(f"run {spec.name}: the loss became {value.item()} at epoch {epoch + 1}, "
+                                f"step {step + 1}; lower train.{spec.modality}.lr, set train.precision: fp32, "
+                                "or look for NaN/inf in the inputs")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

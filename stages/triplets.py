@@ -75,7 +75,8 @@ def run_triplets(params: Params, crops_dir: str | Path = "data/crops", mels_dir:
         write_parquet(tracklet_path(out_dir, task), table)
         progress.advance()
     if "seen" in metrics["tasks"] and "seen_heard" in metrics["tasks"]:
-        metrics["skipped_not_heard"] = metrics["tasks"]["seen"]["tracklets"] - metrics["tasks"]["seen_heard"]["tracklets"]
+        tasks_done = metrics["tasks"]
+        metrics["skipped_not_heard"] = tasks_done["seen"]["tracklets"] - tasks_done["seen_heard"]["tracklets"]
     metrics["seconds"] = round(time.perf_counter() - started, 3)
     metrics["crop_rows_per_s"] = round(crop_meta.num_rows / max(metrics["seconds"], 1e-9), 1)
     write_json(metrics_path, metrics)

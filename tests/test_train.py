@@ -26,7 +26,7 @@ from stages.datasets import load_store
 from stages.models import build_model, load_checkpoint
 from stages.ranking import random_metrics
 from stages.schemas import EMBEDDINGS
-from stages.train import RunSpec, TrainingError, train_run
+from stages.train import RunSpec, Schedule, TrainingError, resolve_schedule, train_run
 from stages.triplets import run_triplets
 from train_data import TinySpec, write_tiny_shards
 
@@ -59,7 +59,8 @@ def test_cli_trained_face_model_beats_random_and_its_loss_falls(data: dict[str, 
     raw["train"].update(threads=1, batch_size=36, steps_per_epoch=4, face={"lr": 1e-3, "epochs": 3, "step_epochs": 3})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     result = CliRunner().invoke(app, [
-        "train", "--modality", "face", "--sampling", "within", "--task", "seen", "--params", str(tmp_path / "params.yaml"),
+        "train", "--modality", "face", "--sampling", "within", "--task", "seen",
+        "--params", str(tmp_path / "params.yaml"),
         "--crops-dir", str(data["crops"]), "--mels-dir", str(data["mels"]), "--triplets-dir", str(data["triplets"]),
         "--out", str(tmp_path / "models"), "--metrics-dir", str(tmp_path / "metrics")])
     assert result.exit_code == 0, result.output
@@ -196,3 +197,12 @@ def test_torchrun_two_cpu_processes_train_with_ddp(data: dict[str, Path], tmp_pa
     assert metrics["world_size"] == 2 and np.isfinite(metrics["loss"])
     assert done.stdout.count('"world_size": 2') == 1  # only rank 0 reports
     assert load_checkpoint(tmp_path / "models" / "face_within_seen" / "model.pt").meta["epochs"] == 1
+
+
+def test_paper_profile_uses_the_papers_schedule_and_full_epochs() -> None:
+    paper = dataclasses.replace(Params().train, profile="paper")
+    assert resolve_schedule(paper, "face", anchors=1000) == Schedule(3e-4, 70, 30, 384, 8)
+    assert resolve_schedule(paper, "voice", anchors=128) == Schedule(5e-4, 120, 50, 384, 1)
+    assert resolve_schedule(paper, "crossmodal", anchors=129).steps_per_epoch == 2
+    embedded = Params().train
+    assert resolve_schedule(embedded, "face", 1000).lr == embedded.face.lr

@@ -42,7 +42,8 @@ def test_tasks_follow_labels_audible_speech_and_snippets(tiny: tuple[Path, Path,
     assert min(heard["n_snippets"].to_pylist()) >= 1
     assert metrics["skipped_unlabelled"] == 2 and metrics["skipped_ambiguous"] == 2
     for row in seen.to_pylist():
-        others = [r["track"] for r in seen.to_pylist() if r["identity"] == row["identity"] and r["track"] != row["track"]]
+        others = [r["track"] for r in seen.to_pylist()
+                  if r["identity"] == row["identity"] and r["track"] != row["track"]]
         assert sorted(row["positives"]) == others
     written = json.loads((root / "triplets.json").read_text())
     assert written["tasks"]["seen"]["strategies"]["within"] == sampling_statistics(seen)["within"]

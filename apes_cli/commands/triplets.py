@@ -20,7 +20,8 @@ HELP = (
 
 @friendly_errors
 def command(
-    crops_dir: Annotated[Path, typer.Option(help="Crop shards (reads <dir>/train and <dir>/val).")] = Path("data/crops"),
+    crops_dir: Annotated[Path, typer.Option(
+        help="Crop shards (reads <dir>/train and <dir>/val).")] = Path("data/crops"),
     mels_dir: Annotated[Path, typer.Option(help="Mel shards (reads <dir>/train).")] = Path("data/mels"),
     out: Annotated[Path, typer.Option(help="Where <task>.parquet tracklet tables go.")] = Path("data/triplets"),
     metrics: Annotated[Path, typer.Option(help="The stage's metrics JSON.")] = Path("metrics/triplets.json"),
