@@ -18,8 +18,9 @@ NAME = "train"
 HELP = (
     "Train one embedding network with the triplet loss (paper 4.1) and log loss and val mAP per epoch.\n\n"
     "  apes-cli train --modality face --sampling within --task seen_heard\n\n"
-    "Outputs models/<run>/{last.pt,model.pt} and metrics/train_<run>.{tsv,json}, run = <modality>_<sampling>_<task>\n\n"
-    "(plus _seed<N> when --seed is given). voice and crossmodal need --task seen_heard.\n\n"
+    "Outputs models/<run>/{last.pt,model.pt} and metrics/train_<run>.{tsv,json}, where run is "
+    "<modality>_<sampling>_<task> (plus _seed<N> when --seed is given). voice and crossmodal need "
+    "--task seen_heard.\n\n"
     "Several processes: torchrun --nproc_per_node 2 $(which apes-cli) train ... (DDP; rank 0 writes). docs/training.md"
 )
 
