@@ -25,7 +25,7 @@ from stages.atomic import atomic_path, write_json
 from stages.config import Params, TrainParams
 from stages.datasets import BatchDataset, Store, load_store
 from stages.embed import embed_store, use_bf16
-from stages.errors import ApesError
+from stages.errors import ApesError, DataError
 from stages.models import Embedder, build_model, checkpoint_payload
 from stages.progress import Progress, Silent
 from stages.ranking import ranking_metrics
@@ -147,11 +147,15 @@ def batch_loss(model: torch.nn.Module, normalize: bool, inputs: dict[str, torch.
     return total
 
 
-def validate(model: Embedder, store: Store, device: torch.device, params: Params, bf16: bool) -> dict:
+def validate(model: Embedder, store: Store, device: torch.device, params: Params, bf16: bool,
+             where: str | Path = "val") -> dict:
     """Ranking metrics of the val tracklets (the paper's per-video mAP)."""
     embeddings = embed_store(model, store, device, params.evaluate.batch_size, bf16)
-    return ranking_metrics(store.tracklets["video_id"].to_pylist(), store.tracklets["identity"].to_pylist(),
-                           embeddings, store.tracklets["entity_id"].to_pylist())
+    try:
+        return ranking_metrics(store.tracklets["video_id"].to_pylist(), store.tracklets["identity"].to_pylist(),
+                               embeddings, store.tracklets["entity_id"].to_pylist())
+    except ValueError as error:
+        raise DataError(where, f"cannot validate: {error}") from None
 
 
 def _write_history(path: Path, history: list[dict[str, float]]) -> None:
@@ -258,7 +262,7 @@ def train_run(params: Params, spec: RunSpec, *, device: str = "auto", resume: bo
         final_epoch = epoch + 1 == schedule.epochs
         val_map = float("nan")
         if rank == 0 and (final_epoch or (epoch + 1) % train.val_every == 0):
-            val_map = validate(model, val_store, dev, params, bf16)["mAP"]
+            val_map = validate(model, val_store, dev, params, bf16, Path(crops_dir) / "val")["mAP"]
         history.append({"epoch": epoch + 1, "loss": float(np.mean(epoch_loss)), "val_mAP": val_map,
                         "seconds": round(elapsed_before + time.perf_counter() - started, 2)})
         epoch_loss = []
@@ -277,7 +281,7 @@ def train_run(params: Params, spec: RunSpec, *, device: str = "auto", resume: bo
         raise TrainingError(f"run {spec.name}: nothing to train (epochs {schedule.epochs})")
     final = history[-1]
     if math.isnan(final["val_mAP"]) and rank == 0:
-        final["val_mAP"] = validate(model, val_store, dev, params, bf16)["mAP"]
+        final["val_mAP"] = validate(model, val_store, dev, params, bf16, Path(crops_dir) / "val")["mAP"]
     metrics = {
         "run": spec.name, "modality": spec.modality, "sampling": spec.sampling, "task": spec.task,
         "seed": spec.seed, "profile": train.profile, "device": dev.type, "precision": "bf16" if bf16 else "fp32",
