@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-import pytest
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: spinning OpenMP threads thrash 2 cores
 
-from stages.config import SynthParams
-from stages.synth import synthesize
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from stages.config import SynthParams  # noqa: E402
+from stages.synth import synthesize  # noqa: E402
 
 TINY_SEED = 7
 

@@ -11,7 +11,6 @@ import typer
 from apes_cli.commands.decode import SplitOption, check_splits, check_workers
 from apes_cli.common import Bar, ParamsOption, friendly_errors, print_metrics, read_params
 from stages.atomic import write_json
-from stages.crop import crop
 
 NAME = "crop"
 HELP = ("Decode the planned frames with ffmpeg (seeking to the annotated windows) and cut every labelled, "
@@ -36,6 +35,7 @@ def command(
         "metrics/crop.json"),
 ) -> None:
     """Cut face crops for every planned video."""
+    from stages.crop import crop  # imported here so `apes-cli --help` starts without torch
     loaded = read_params(params)
     check_workers(workers)
     overrides = {k: v for k, v in (("workers", workers), ("size", size)) if v is not None}

@@ -10,7 +10,6 @@ import typer
 
 from apes_cli.common import Bar, ParamsOption, friendly_errors, print_metrics, read_params
 from stages.atomic import write_json
-from stages.decode import decode
 from stages.errors import ConfigError
 from stages.layout import SPLITS
 
@@ -52,6 +51,7 @@ def command(
         "metrics/decode.json"),
 ) -> None:
     """Plan frames and extract audio for every annotated video."""
+    from stages.decode import decode  # imported here so `apes-cli --help` starts without torch
     loaded = read_params(params)
     check_workers(workers)
     settings = loaded.decode if workers is None else dataclasses.replace(loaded.decode, workers=workers)

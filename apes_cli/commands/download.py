@@ -12,7 +12,6 @@ from tqdm import tqdm
 
 from apes_cli.common import Bar, ParamsOption, friendly_errors, print_metrics, read_params
 from stages.atomic import write_json
-from stages.download import download
 from stages.layout import RawLayout
 
 NAME = "download"
@@ -51,6 +50,7 @@ def command(
         "--metrics", help="Where to write the stage metrics (JSON).")] = Path("metrics/download.json"),
 ) -> None:
     """Download AVA + APES into the raw layout."""
+    from stages.download import download  # imported here so `apes-cli --help` starts without torch
     params = read_params(params_path)
     overrides = {"base_url": base_url, "apes_url": apes_url, "limit": limit, "workers": workers}
     settings = dataclasses.replace(params.download, **{k: v for k, v in overrides.items() if v is not None})

@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from apes_cli.common import ParamsOption, friendly_errors, print_metrics, read_params
-from stages import evaluate as stage
 from stages.config import MODALITIES, STRATEGIES, TASKS
 from stages.errors import ConfigError
 
@@ -54,6 +53,7 @@ def command(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Evaluate one run, a baseline, or an embeddings file."""
+    from stages import evaluate as stage  # imported here so `apes-cli --help` starts without torch
     if embeddings is not None:
         target = out or metrics_dir / f"eval_file_{embeddings.stem}.json"
         print_metrics(stage.evaluate_embeddings_file(embeddings, target))

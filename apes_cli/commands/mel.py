@@ -11,7 +11,6 @@ import typer
 from apes_cli.commands.decode import SplitOption, check_splits, check_workers
 from apes_cli.common import Bar, ParamsOption, friendly_errors, print_metrics, read_params
 from stages.atomic import write_json
-from stages.mel import mel
 
 NAME = "mel"
 HELP = ("For each labelled face track, cut mel.snippet_seconds snippets of the decoded 16 kHz audio under its "
@@ -32,6 +31,7 @@ def command(
         "metrics/mel.json"),
 ) -> None:
     """Compute voice snippet log-mels for every decoded video."""
+    from stages.mel import mel  # imported here so `apes-cli --help` starts without torch
     loaded = read_params(params)
     check_workers(workers)
     settings = loaded.mel if workers is None else dataclasses.replace(loaded.mel, workers=workers)

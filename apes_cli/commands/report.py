@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from apes_cli.common import ParamsOption, friendly_errors, print_metrics, read_params
-from stages import report as stage
 from stages.errors import ConfigError
 
 NAME = "report"
@@ -41,6 +40,7 @@ def command(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Write the benchmark report."""
+    from stages import report as stage  # imported here so `apes-cli --help` starts without torch
     settings = read_params(params)
     chosen = settings.report.seeds if seeds is None else _parse_seeds(seeds)
     print_metrics(stage.write_report(

@@ -10,7 +10,6 @@ import typer
 
 from apes_cli.common import Bar, ParamsOption, friendly_errors, print_metrics, read_params
 from stages.errors import ConfigError
-from stages.synth import synthesize
 
 NAME = "synth"
 HELP = ("Generate the embedded mini-APES: untrimmed mp4 videos (procedural faces, espeak-ng voices, music "
@@ -31,6 +30,7 @@ def command(
         "--metrics", help="Where to write the data set statistics (JSON).")] = Path("metrics/synth.json"),
 ) -> None:
     """Generate the embedded data set."""
+    from stages.synth import synthesize  # imported here so `apes-cli --help` starts without torch
     loaded = read_params(params)
     synth = loaded.synth
     if workers is not None:

@@ -10,7 +10,6 @@ from typing import Annotated
 import typer
 
 from apes_cli.common import Bar, ParamsOption, friendly_errors, print_metrics, read_params
-from stages import train as stage
 from stages.config import MODALITIES, STRATEGIES, TASKS, with_overrides
 from stages.errors import ConfigError
 
@@ -51,6 +50,7 @@ def command(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Train one run."""
+    from stages import train as stage  # imported here so `apes-cli --help` starts without torch
     settings = read_params(params)
     if profile is not None:
         if profile not in ("embedded", "paper"):

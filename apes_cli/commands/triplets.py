@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from apes_cli.common import Bar, ParamsOption, friendly_errors, print_metrics, read_params
-from stages import triplets as stage
 
 NAME = "triplets"
 HELP = (
@@ -28,6 +27,7 @@ def command(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Write the tracklet tables and Table 2."""
+    from stages import triplets as stage  # imported here so `apes-cli --help` starts without torch
     settings = read_params(params)
     bar = Bar()
     try:
