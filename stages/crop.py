@@ -21,10 +21,10 @@ from stages.errors import DataError
 from stages.layout import RawLayout
 from stages.progress import Progress, Silent
 from stages.schemas import CROPS
-from stages.shards import (FINGERPRINT_KEY, ShardWriter, is_complete, metadata, plan_paths, shard_path, shard_stats,
+from stages.shards import (FINGERPRINT_KEY, ShardWriter, is_complete, metadata, shard_path, shard_stats,
                            with_metadata)
 from stages.video_io import Planes, VideoInfo, iter_frames
-from stages.video_jobs import (MAX_SKIP_EXAMPLES, fingerprint, map_videos, merge_stats, remove_orphans,
+from stages.video_jobs import (MAX_SKIP_EXAMPLES, fingerprint, map_videos, merge_stats, planned_jobs,
                               resolve_workers)
 
 ROWS_PER_GROUP = 2048
@@ -167,11 +167,7 @@ def crop(raw_dir: str | Path, decoded_dir: str | Path, out_dir: str | Path, para
     progress = progress or Silent()
     layout, out_dir = RawLayout(Path(raw_dir)), Path(out_dir)
     began = time.perf_counter()
-    jobs = []
-    for split in splits:
-        plans = plan_paths(decoded_dir, split)
-        jobs.extend((split, plan) for plan in plans)
-        remove_orphans(out_dir / split, {plan.stem for plan in plans})
+    jobs = planned_jobs(decoded_dir, out_dir, splits)
     progress.start(len(jobs), "crop")
     opencv_threads = cv2.getNumThreads()
     cv2.setNumThreads(1)  # OpenCV's threads cost more than they save on small crops; videos run in parallel

@@ -24,6 +24,7 @@ from stages.embed import embed_tracklets
 from stages.errors import ConfigError, DataError
 from stages.models import build_model, load_checkpoint
 from stages.ranking import random_metrics, ranking_metrics
+from stages.runs import run_name
 from stages.schemas import EMBEDDINGS
 from stages.tracklets import load_tracklets
 
@@ -172,8 +173,7 @@ class Run:
     @property
     def name(self) -> str:
         """<modality>_<sampling>_<task>[_seed<N>], 'untrained' standing in for the sampling."""
-        base = f"{self.modality}_{self.sampling or 'untrained'}_{self.task}"
-        return f"{base}_seed{self.seed}" if self.seed_in_name else base
+        return run_name(self.modality, self.sampling, self.task, self.seed, self.seed_in_name)
 
 
 def _model_for(run: Run, params: Params, models_dir: Path) -> tuple[torch.nn.Module, str, int]:

@@ -24,10 +24,10 @@ from stages.config import MelParams
 from stages.errors import DataError
 from stages.progress import Progress, Silent
 from stages.schemas import MELS
-from stages.shards import (FINGERPRINT_KEY, ShardWriter, is_complete, metadata, plan_paths, shard_path, shard_stats,
+from stages.shards import (FINGERPRINT_KEY, ShardWriter, is_complete, metadata, shard_path, shard_stats,
                            with_metadata)
 from stages.video_io import read_wav
-from stages.video_jobs import fingerprint, map_videos, merge_stats, params_digest, remove_orphans, resolve_workers
+from stages.video_jobs import fingerprint, map_videos, merge_stats, params_digest, planned_jobs, resolve_workers
 
 SPEECH = "SPEAKING_AUDIBLE"
 DEFAULT_BOX_INTERVAL = 0.05  # AVA annotates about 20 boxes per second
@@ -156,11 +156,7 @@ def mel(decoded_dir: str | Path, out_dir: str | Path, params: MelParams, splits:
     progress = progress or Silent()
     decoded_dir, out_dir = Path(decoded_dir), Path(out_dir)
     began = time.perf_counter()
-    jobs = []
-    for split in splits:
-        plans = plan_paths(decoded_dir, split)
-        jobs.extend((split, plan) for plan in plans)
-        remove_orphans(out_dir / split, {plan.stem for plan in plans})
+    jobs = planned_jobs(decoded_dir, out_dir, splits)
     progress.start(len(jobs), "mel")
     torch_threads = torch.get_num_threads()
     # One torch thread per worker: on these small FFTs OpenMP threads lose more to waiting than they

@@ -29,6 +29,7 @@ from stages.errors import ApesError, DataError
 from stages.models import Embedder, build_model, checkpoint_payload
 from stages.progress import Progress, Silent
 from stages.ranking import ranking_metrics
+from stages.runs import run_name
 from stages.samplers import STREAMS, PKSampler, TripletSampler
 from stages.tracklets import read_tracklet_table
 
@@ -52,8 +53,8 @@ class RunSpec:
 
     @property
     def name(self) -> str:
-        base = f"{self.modality}_{self.sampling}_{self.task}"
-        return f"{base}_seed{self.seed}" if self.seed_in_name else base
+        """<modality>_<sampling>_<task>[_seed<N>]: models/<name>/ and metrics/train_<name>.*"""
+        return run_name(self.modality, self.sampling, self.task, self.seed, self.seed_in_name)
 
 
 @dataclass(frozen=True)

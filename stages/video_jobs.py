@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from stages.atomic import remove_stale_temporaries
 from stages.progress import Progress
+from stages.shards import plan_paths
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -87,6 +88,16 @@ def remove_orphans(directory: Path, keep: set[str], suffix: str = ".parquet") ->
                 path.unlink()
                 removed += 1
     return removed
+
+
+def planned_jobs(decoded_dir: str | Path, out_dir: Path, splits: Iterable[str]) -> list[tuple[str, Path]]:
+    """(split, frame plan) of every video `decode` planned; output shards of videos no longer planned go."""
+    jobs = []
+    for split in splits:
+        plans = plan_paths(decoded_dir, split)
+        jobs.extend((split, plan) for plan in plans)
+        remove_orphans(out_dir / split, {plan.stem for plan in plans})
+    return jobs
 
 
 def merge_stats(per_video: list[dict[str, Any]]) -> dict[str, Any]:
