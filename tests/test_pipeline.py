@@ -88,6 +88,23 @@ def test_second_repro_does_nothing(project: Path) -> None:
     assert "Running stage" not in output, output
 
 
+def _results(path: Path) -> dict:
+    """A metrics file without its timings, which no seed can fix."""
+    return {k: v for k, v in json.loads(path.read_text()).items() if "second" not in k and "per_s" not in k}
+
+
+@pytest.mark.slow
+def test_forced_rerun_with_the_same_seed_gives_identical_metrics(project: Path) -> None:
+    files = [project / "metrics" / "train" / "train_face_within_seen_seed0.json",
+             project / "metrics" / "eval" / "eval_face_within_seen_seed0.json",
+             project / "metrics" / "crop.json"]
+    before = [_results(path) for path in files]
+    _run(["dvc", "repro", "--force", "--single-item", "crop", "train_seen@within-0", "evaluate_seen@within-0"],
+         project)
+    assert [_results(path) for path in files] == before
+    assert "up to date" in _run(["dvc", "status"], project)
+
+
 @pytest.mark.slow
 def test_experiment_changes_only_training_onward_and_metrics_diff_shows_it(project: Path) -> None:
     _run(["git", "add", "-A"], project)
