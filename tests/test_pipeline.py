@@ -102,7 +102,8 @@ def test_forced_rerun_with_the_same_seed_gives_identical_metrics(project: Path) 
     _run(["dvc", "repro", "--force", "--single-item", "crop", "train_seen@within-0", "evaluate_seen@within-0"],
          project)
     assert [_results(path) for path in files] == before
-    assert "up to date" in _run(["dvc", "status"], project)
+    # identical crop shards leave triplets (which hashes them) up to date; only timings changed elsewhere
+    assert "up to date" in _run(["dvc", "status", "triplets"], project)
 
 
 @pytest.mark.slow
