@@ -7,19 +7,38 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 from tqdm import tqdm
 
 from stages.config import Params, load_params
-from stages.errors import ApesError
+from stages.errors import ApesError, ConfigError
+from stages.layout import SPLITS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 ParamsOption = Annotated[
     Path, typer.Option("--params", help="The params.yaml to read (the single source of configuration).")
 ]
+
+
+SplitOption = Annotated[Optional[list[str]], typer.Option(
+    "--split", metavar="SPLIT", help="Split to process: train or val (repeatable). Default: both.")]
+
+
+def check_splits(splits: Optional[list[str]]) -> tuple[str, ...]:
+    """The requested splits, or all of them."""
+    for split in splits or ():
+        if split not in SPLITS:
+            raise ConfigError("--split", f"unknown split {split!r}, expected one of {SPLITS}")
+    return tuple(splits) if splits else SPLITS
+
+
+def check_workers(workers: Optional[int]) -> None:
+    """Refuse a negative worker count."""
+    if workers is not None and workers < 0:
+        raise ConfigError("--workers", "expected >= 0 (0 = one per core)")
 
 
 class Bar:

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from apes_cli.commands.decode import SplitOption, check_splits, check_workers
-from apes_cli.common import Bar, ParamsOption, friendly_errors, print_metrics, read_params
+from apes_cli.common import (Bar, ParamsOption, SplitOption, check_splits, check_workers,
+                             friendly_errors, print_metrics, read_params)
 from stages.atomic import write_json
 
 NAME = "crop"

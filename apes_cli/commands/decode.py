@@ -8,34 +8,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from apes_cli.common import Bar, ParamsOption, friendly_errors, print_metrics, read_params
+from apes_cli.common import (Bar, ParamsOption, SplitOption, check_splits, check_workers, friendly_errors,
+                             print_metrics, read_params)
 from stages.atomic import write_json
-from stages.errors import ConfigError
-from stages.layout import SPLITS
 
 NAME = "decode"
 HELP = ("Per video: check the annotations, map every annotated timestamp to its nearest frame (ffmpeg "
         "probe) and extract the annotated window's audio as 16 kHz mono WAV, seeking instead of decoding "
         "whole movies. Writes <out>/plan/<split>/<video_id>.parquet and <out>/audio/<split>/<video_id>.wav; "
         "videos already done are skipped (resumable). See docs/media.md.")
-
-SplitOption = Annotated[Optional[list[str]], typer.Option(
-    "--split", metavar="SPLIT", help="Split to process: train or val (repeatable). Default: both.")]
-
-
-def check_splits(splits: Optional[list[str]]) -> tuple[str, ...]:
-    """The requested splits, or all of them."""
-    for split in splits or ():
-        if split not in SPLITS:
-            raise ConfigError("--split", f"unknown split {split!r}, expected one of {SPLITS}")
-    return tuple(splits) if splits else SPLITS
-
-
-def check_workers(workers: Optional[int]) -> None:
-    """Refuse a negative worker count."""
-    if workers is not None and workers < 0:
-        raise ConfigError("--workers", "expected >= 0 (0 = one per core)")
-
 
 @friendly_errors
 def command(
