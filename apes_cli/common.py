@@ -12,9 +12,9 @@ from typing import Annotated, Any, Optional, TypeVar
 import typer
 from tqdm import tqdm
 
-from stages.config import Params, load_params
-from stages.errors import ApesError, ConfigError
-from stages.layout import SPLITS
+from stages.core.config import Params, load_params
+from stages.core.errors import ApesError, ConfigError
+from stages.rawdata.layout import SPLITS
 
 F = TypeVar("F", bound=Callable[..., Any])
 

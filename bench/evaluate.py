@@ -16,7 +16,7 @@ import time
 import numpy as np
 from sklearn.metrics import average_precision_score
 
-from stages.ranking import METRIC_KEYS, per_video_queries, ranking_metrics
+from stages.evaluation.ranking import METRIC_KEYS, per_video_queries, ranking_metrics
 
 TRACKLETS = 31_000
 VIDEOS = 144

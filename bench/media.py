@@ -27,13 +27,13 @@ import pyarrow.parquet as pq
 import torch
 from threadpoolctl import threadpool_limits
 
-from stages.audio_features import LogMel, log_mel_at, snippet_samples
-from stages.config import CropParams, DecodeParams, MelParams
+from stages.core.config import CropParams, DecodeParams, MelParams
 from stages.crop import crop
 from stages.decode import decode
+from stages.media.audio_features import LogMel, log_mel_at, snippet_samples
+from stages.media.shards import metadata
+from stages.media.video_io import ffmpeg_exe, read_wav
 from stages.mel import mel
-from stages.shards import metadata
-from stages.video_io import ffmpeg_exe, read_wav
 
 SECONDS, WIDTH, HEIGHT, FPS, BOX_RATE = 60, 640, 360, 25, 20
 REPEATS = 3
@@ -166,8 +166,8 @@ def mel_rows(work: Path) -> list[tuple[str, str, float]]:
 _MEMORY_SCRIPT = """
 import json, resource, sys
 from pathlib import Path
-from stages.audio_features import LogMel, log_mel_at, snippet_samples
-from stages.config import CropParams, DecodeParams, MelParams
+from stages.media.audio_features import LogMel, log_mel_at, snippet_samples
+from stages.core.config import CropParams, DecodeParams, MelParams
 from stages.crop import crop
 from stages.decode import decode
 from stages.mel import mel

@@ -23,15 +23,15 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from stages.atomic import write_parquet
-from stages.config import Params, load_params
-from stages.datasets import BatchDataset, load_store
-from stages.embed import use_bf16
-from stages.models import build_model
-from stages.samplers import TripletSampler
-from stages.schemas import CROPS
-from stages.shards import with_metadata
-from stages.tracklets import CROP_META, build_tracklets, read_meta
+from stages.core.atomic import write_parquet
+from stages.core.config import Params, load_params
+from stages.core.schemas import CROPS
+from stages.learning.datasets import BatchDataset, load_store
+from stages.learning.embed import use_bf16
+from stages.learning.models import build_model
+from stages.learning.samplers import TripletSampler
+from stages.learning.tracklets import CROP_META, build_tracklets, read_meta
+from stages.media.shards import with_metadata
 from stages.train import RunSpec, batch_loss, train_run
 
 REPEATS, STEPS, BATCH = 3, 4, 48

@@ -16,16 +16,29 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stages.config import CropParams
-from stages.errors import DataError
-from stages.layout import RawLayout
-from stages.progress import Progress, Silent
-from stages.schemas import CROPS
-from stages.shards import (FINGERPRINT_KEY, ShardWriter, is_complete, metadata, shard_path, shard_stats,
-                           with_metadata)
-from stages.video_io import Planes, VideoInfo, iter_frames
-from stages.video_jobs import (MAX_SKIP_EXAMPLES, fingerprint, map_videos, merge_stats, planned_jobs,
-                              resolve_workers)
+from stages.core.config import CropParams
+from stages.core.errors import DataError
+from stages.core.progress import Progress, Silent
+from stages.core.schemas import CROPS
+from stages.media.shards import (
+    FINGERPRINT_KEY,
+    ShardWriter,
+    is_complete,
+    metadata,
+    shard_path,
+    shard_stats,
+    with_metadata,
+)
+from stages.media.video_io import Planes, VideoInfo, iter_frames
+from stages.media.video_jobs import (
+    MAX_SKIP_EXAMPLES,
+    fingerprint,
+    map_videos,
+    merge_stats,
+    planned_jobs,
+    resolve_workers,
+)
+from stages.rawdata.layout import RawLayout
 
 ROWS_PER_GROUP = 2048
 IMAGE_FORMAT = "raw_rgb_uint8"

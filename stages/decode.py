@@ -16,18 +16,34 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from stages.annotations import iter_split
-from stages.atomic import atomic_path, write_parquet
-from stages.config import DecodeParams
-from stages.errors import DataError
-from stages.layout import RawLayout
-from stages.progress import Progress, Silent
-from stages.schemas import FRAME_PLAN
-from stages.shards import (AUDIO_DIR, FINGERPRINT_KEY, PLAN_DIR, STATS_KEY, audio_path, is_complete, plan_path,
-                           shard_stats, with_metadata)
-from stages.video_io import VideoInfo, frame_indices, probe, read_audio, write_wav
-from stages.video_jobs import (file_digest, fingerprint, map_videos, merge_stats, params_digest, remove_orphans,
-                              resolve_workers)
+from stages.core.atomic import atomic_path, write_parquet
+from stages.core.config import DecodeParams
+from stages.core.errors import DataError
+from stages.core.progress import Progress, Silent
+from stages.core.schemas import FRAME_PLAN
+from stages.media.shards import (
+    AUDIO_DIR,
+    FINGERPRINT_KEY,
+    PLAN_DIR,
+    STATS_KEY,
+    audio_path,
+    is_complete,
+    plan_path,
+    shard_stats,
+    with_metadata,
+)
+from stages.media.video_io import VideoInfo, frame_indices, probe, read_audio, write_wav
+from stages.media.video_jobs import (
+    file_digest,
+    fingerprint,
+    map_videos,
+    merge_stats,
+    params_digest,
+    remove_orphans,
+    resolve_workers,
+)
+from stages.rawdata.annotations import iter_split
+from stages.rawdata.layout import RawLayout
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,14 +19,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from stages.annotations import read_manifest
-from stages.archives import ACTIVESPEAKER_SUFFIX, extract_activespeaker
-from stages.atomic import atomic_dir, atomic_path, remove_stale_temporaries
-from stages.config import DownloadParams
-from stages.errors import DataError
-from stages.http_fetch import Cancelled, Fetcher, part_path
-from stages.layout import SPLITS, VIDEO_EXTENSIONS, RawLayout
-from stages.progress import Progress, Silent
+from stages.core.atomic import atomic_dir, atomic_path, remove_stale_temporaries
+from stages.core.config import DownloadParams
+from stages.core.errors import DataError
+from stages.core.progress import Progress, Silent
+from stages.rawdata.annotations import read_manifest
+from stages.rawdata.archives import ACTIVESPEAKER_SUFFIX, extract_activespeaker
+from stages.rawdata.http_fetch import Cancelled, Fetcher, part_path
+from stages.rawdata.layout import SPLITS, VIDEO_EXTENSIONS, RawLayout
 
 ARCHIVES_DIR = "archives"
 T = TypeVar("T")

@@ -1,6 +1,6 @@
 """Stage 'evaluate': rank val tracklets by embedding distance and write the benchmark metrics.
 
-Three sources of embeddings, one metric code (stages.ranking):
+Three sources of embeddings, one metric code (stages.evaluation.ranking):
 - a trained checkpoint, or the same network with seeded random weights (`untrained`);
 - anyone's embeddings Parquet (video_id, entity_id, identity, embedding; docs/evaluation.md);
 - none: the exact expected metrics of a uniformly random ranking of the val tracklets.
@@ -18,15 +18,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from stages.atomic import write_json, write_parquet
-from stages.config import Params
-from stages.embed import embed_tracklets
-from stages.errors import ConfigError, DataError
-from stages.models import build_model, load_checkpoint
-from stages.ranking import random_metrics, ranking_metrics
-from stages.runs import run_name
-from stages.schemas import EMBEDDINGS
-from stages.tracklets import load_tracklets
+from stages.core.atomic import write_json, write_parquet
+from stages.core.config import Params
+from stages.core.errors import ConfigError, DataError
+from stages.core.runs import run_name
+from stages.core.schemas import EMBEDDINGS
+from stages.evaluation.ranking import random_metrics, ranking_metrics
+from stages.learning.embed import embed_tracklets
+from stages.learning.models import build_model, load_checkpoint
+from stages.learning.tracklets import load_tracklets
 
 STRING_COLUMNS = ("video_id", "entity_id", "identity")
 
@@ -142,7 +142,7 @@ def evaluate_embeddings_file(path: str | Path, out: str | Path) -> dict:
 
 
 def val_tracklets(crops_dir: str | Path, mels_dir: str | Path, task: str) -> pa.Table:
-    """The task's val tracklets, defined as everywhere else (stages.tracklets)."""
+    """The task's val tracklets, defined as everywhere else (stages.learning.tracklets)."""
     return load_tracklets(crops_dir, mels_dir, "val", task)
 
 

@@ -19,15 +19,22 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from stages.audio_features import LogMel, log_mel_at, snippet_frames, snippet_samples
-from stages.config import MelParams
-from stages.errors import DataError
-from stages.progress import Progress, Silent
-from stages.schemas import MELS
-from stages.shards import (FINGERPRINT_KEY, ShardWriter, is_complete, metadata, shard_path, shard_stats,
-                           with_metadata)
-from stages.video_io import read_wav
-from stages.video_jobs import fingerprint, map_videos, merge_stats, params_digest, planned_jobs, resolve_workers
+from stages.core.config import MelParams
+from stages.core.errors import DataError
+from stages.core.progress import Progress, Silent
+from stages.core.schemas import MELS
+from stages.media.audio_features import LogMel, log_mel_at, snippet_frames, snippet_samples
+from stages.media.shards import (
+    FINGERPRINT_KEY,
+    ShardWriter,
+    is_complete,
+    metadata,
+    shard_path,
+    shard_stats,
+    with_metadata,
+)
+from stages.media.video_io import read_wav
+from stages.media.video_jobs import fingerprint, map_videos, merge_stats, params_digest, planned_jobs, resolve_workers
 
 SPEECH = "SPEAKING_AUDIBLE"
 DEFAULT_BOX_INTERVAL = 0.05  # AVA annotates about 20 boxes per second

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.atomic import atomic_path, write_json
-from stages.config import MODALITIES, STRATEGIES, TASKS
-from stages.errors import DataError
-from stages.figures import retrieval_examples
+from stages.core.atomic import atomic_path, write_json
+from stages.core.config import MODALITIES, STRATEGIES, TASKS
+from stages.core.errors import DataError
+from stages.evaluation.figures import retrieval_examples
 
 COLUMNS = ("R@10", "R@50", "R@100", "P@1", "P@5", "P@10", "mAP")
 MISSING = "—"

@@ -1,6 +1,6 @@
 """Stage synth: generate the embedded mini-APES (videos, AVA-ActiveSpeaker CSVs, APES CSVs, manifest).
 
-Each video is rendered by stages.synth_video from its own random stream (seed, split, index), so the
+Each video is rendered by stages.synthetic.synth_video from its own random stream (seed, split, index), so the
 output does not depend on the number of workers. Finished videos are kept in a parts folder keyed by
 the params, so a killed run resumes; the raw layout appears in one atomic rename at the end.
 """
@@ -18,11 +18,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from stages import synth_video
-from stages.atomic import atomic_dir, atomic_path, write_json
-from stages.config import SynthParams
-from stages.layout import AMBIGUOUS, SPLITS, RawLayout
-from stages.progress import Progress, Silent
+from stages.core.atomic import atomic_dir, atomic_path, write_json
+from stages.core.config import SynthParams
+from stages.core.progress import Progress, Silent
+from stages.rawdata.layout import AMBIGUOUS, SPLITS, RawLayout
+from stages.synthetic import synth_video
 
 GENERATOR_VERSION = 2   # bump when the generator changes, so stale parts are not reused
 

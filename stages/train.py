@@ -20,18 +20,18 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from stages import losses
-from stages.atomic import atomic_path, write_json
-from stages.config import Params, TrainParams
-from stages.datasets import BatchDataset, Store, load_store
-from stages.embed import embed_store, use_bf16
-from stages.errors import ApesError, DataError
-from stages.models import Embedder, build_model, checkpoint_payload
-from stages.progress import Progress, Silent
-from stages.ranking import ranking_metrics
-from stages.runs import run_name
-from stages.samplers import STREAMS, PKSampler, TripletSampler
-from stages.tracklets import read_tracklet_table
+from stages.core.atomic import atomic_path, write_json
+from stages.core.config import Params, TrainParams
+from stages.core.errors import ApesError, DataError
+from stages.core.progress import Progress, Silent
+from stages.core.runs import run_name
+from stages.evaluation.ranking import ranking_metrics
+from stages.learning import losses
+from stages.learning.datasets import BatchDataset, Store, load_store
+from stages.learning.embed import embed_store, use_bf16
+from stages.learning.models import Embedder, build_model, checkpoint_payload
+from stages.learning.samplers import STREAMS, PKSampler, TripletSampler
+from stages.learning.tracklets import read_tracklet_table
 
 PAPER = {"face": (3e-4, 70, 30), "voice": (5e-4, 120, 50), "crossmodal": (5e-5, 120, 45)}  # lr, epochs, step
 PAPER_BATCH = 3 * 128  # 128 triplets a step

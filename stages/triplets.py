@@ -2,7 +2,7 @@
 
 data/triplets/<task>.parquet holds one row per train tracklet of the task (schema TRACKLETS) with its
 positive bag (other tracklets of its identity). Negative bags follow from the strategy rule
-(stages.samplers), so the Across bag (every other identity's tracklet) is never materialised.
+(stages.learning.samplers), so the Across bag (every other identity's tracklet) is never materialised.
 metrics/triplets.json holds, per task and strategy, the average positive and negative tracklets per
 anchor (the paper's Table 2) and the counted skips.
 """
@@ -16,13 +16,20 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from stages.atomic import write_json, write_parquet
-from stages.config import Params
-from stages.errors import DataError
-from stages.layout import AMBIGUOUS
-from stages.progress import Progress, Silent
-from stages.tracklets import (CROP_META, MEL_META, build_tracklets, read_meta, sampling_statistics, track_keys,
-                              tracklet_path)
+from stages.core.atomic import write_json, write_parquet
+from stages.core.config import Params
+from stages.core.errors import DataError
+from stages.core.progress import Progress, Silent
+from stages.learning.tracklets import (
+    CROP_META,
+    MEL_META,
+    build_tracklets,
+    read_meta,
+    sampling_statistics,
+    track_keys,
+    tracklet_path,
+)
+from stages.rawdata.layout import AMBIGUOUS
 
 
 def _track_counts(crop_meta: pa.Table) -> dict[str, int]:

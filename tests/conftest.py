@@ -10,7 +10,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from stages.config import SynthParams  # noqa: E402
+from stages.core.config import SynthParams  # noqa: E402
 from stages.synth import synthesize  # noqa: E402
 
 TINY_SEED = 7

@@ -7,11 +7,10 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 
-import cv2
-
-from stages.video_io import Planes, ffmpeg_exe
+from stages.media.video_io import Planes, ffmpeg_exe
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 SAMPLE_WAV = FIXTURES / "sample.wav"

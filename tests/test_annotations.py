@@ -6,9 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from stages.annotations import apes_entity_to_ava, iter_split, load_split, read_apes_csv, read_ava_csv, read_manifest
-from stages.errors import DataError
-from stages.layout import RawLayout
+from stages.core.errors import DataError
+from stages.rawdata.annotations import (
+    apes_entity_to_ava,
+    iter_split,
+    load_split,
+    read_apes_csv,
+    read_ava_csv,
+    read_manifest,
+)
+from stages.rawdata.layout import RawLayout
 
 GOOD_ROWS = [
     "vidA,900.00,0.1,0.2,0.3,0.4,NOT_SPEAKING,vidA_900_960:1",

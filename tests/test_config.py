@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.config import Params, load_params, params_from_dict
-from stages.errors import ConfigError
+from stages.core.config import Params, load_params, params_from_dict
+from stages.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

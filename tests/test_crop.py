@@ -10,14 +10,25 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from media_data import (FPS, Track, Video, cli, leftovers, patch_red, planes_of, render_frame, standard_videos,
-                        write_params, write_raw)
+from media_data import (
+    FPS,
+    Track,
+    Video,
+    cli,
+    leftovers,
+    patch_red,
+    planes_of,
+    render_frame,
+    standard_videos,
+    write_params,
+    write_raw,
+)
 
-from stages.annotations import load_split
 from stages.crop import cut, square_boxes
-from stages.layout import RawLayout
-from stages.shards import iter_crops, metadata, read_crops
-from stages.video_io import frame_indices
+from stages.media.shards import iter_crops, metadata, read_crops
+from stages.media.video_io import frame_indices
+from stages.rawdata.annotations import load_split
+from stages.rawdata.layout import RawLayout
 
 PARAMS = "crop: {size: 64, margin: 0.1}\n"
 

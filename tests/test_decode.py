@@ -11,12 +11,23 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from media_data import (FPS, SAMPLE_WAV, Track, Video, cli, index_band, leftovers, render_frame, standard_videos,
-                        write_params, write_raw)
+from media_data import (
+    FPS,
+    SAMPLE_WAV,
+    Track,
+    Video,
+    cli,
+    index_band,
+    leftovers,
+    render_frame,
+    standard_videos,
+    write_params,
+    write_raw,
+)
 
-from stages import video_io
-from stages.shards import metadata
-from stages.video_io import ffmpeg_exe, frame_indices, iter_frames, probe, read_wav
+from stages.media import video_io
+from stages.media.shards import metadata
+from stages.media.video_io import ffmpeg_exe, frame_indices, iter_frames, probe, read_wav
 
 
 @pytest.fixture(scope="module")

@@ -19,12 +19,12 @@ from mirror_server import Faults, Mirror
 from typer.testing import CliRunner
 
 from apes_cli.main import app
-from stages.annotations import iter_split, list_split_videos, read_manifest
-from stages.config import DownloadParams
+from stages.core.config import DownloadParams
+from stages.core.errors import DataError
 from stages.download import choose_videos, download
-from stages.errors import DataError
-from stages.http_fetch import DownloadError
-from stages.layout import SPLITS, RawLayout
+from stages.rawdata.annotations import iter_split, list_split_videos, read_manifest
+from stages.rawdata.http_fetch import DownloadError
+from stages.rawdata.layout import SPLITS, RawLayout
 
 LIST = "ava/annotations/ava_speech_file_names_v1.txt"
 

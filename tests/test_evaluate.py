@@ -14,12 +14,12 @@ from sklearn.metrics import average_precision_score
 from typer.testing import CliRunner
 
 from apes_cli.main import app
-from stages.config import load_params
-from stages.embed import embed_tracklets
+from stages.core.config import load_params
+from stages.core.errors import DataError
 from stages.evaluate import read_embeddings
-from stages.errors import DataError
-from stages.models import build_model, checkpoint_payload
-from stages.ranking import random_metrics, ranking_metrics
+from stages.evaluation.ranking import random_metrics, ranking_metrics
+from stages.learning.embed import embed_tracklets
+from stages.learning.models import build_model, checkpoint_payload
 
 runner = CliRunner()
 

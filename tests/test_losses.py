@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stages import losses
+from stages.learning import losses
 
 
 def test_triplet_margin_loss_matches_torch_euclidean() -> None:

@@ -14,16 +14,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import torchaudio
-from media_data import (BOX_RATE, SAMPLE_WAV, cli, leftovers, rttm_turns, standard_videos, write_params,
-                        write_raw)
+from media_data import BOX_RATE, SAMPLE_WAV, cli, leftovers, rttm_turns, standard_videos, write_params, write_raw
 
-from stages.annotations import load_split
-from stages.audio_features import LogMel, log_mel_at, log_mel_batches, snippet_frames, snippet_samples
-from stages.config import MelParams
-from stages.layout import RawLayout
+from stages.core.config import MelParams
+from stages.media.audio_features import LogMel, log_mel_at, log_mel_batches, snippet_frames, snippet_samples
+from stages.media.shards import metadata, read_mels
+from stages.media.video_io import read_wav
 from stages.mel import Segment, snippet_starts, speech_segments
-from stages.shards import metadata, read_mels
-from stages.video_io import read_wav
+from stages.rawdata.annotations import load_split
+from stages.rawdata.layout import RawLayout
 
 PARAMS = MelParams()
 

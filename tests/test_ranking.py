@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score
 
-from stages.ranking import METRIC_KEYS, query_metrics, random_metrics, ranking_metrics
+from stages.evaluation.ranking import METRIC_KEYS, query_metrics, random_metrics, ranking_metrics
 
 
 def _naive_query(relevant_in_rank_order: np.ndarray, positives: int) -> dict[str, float]:

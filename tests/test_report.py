@@ -13,9 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from apes_cli.main import app
-from stages.figures import pick_queries
+from stages.evaluation.figures import pick_queries
+from stages.media.shards import with_metadata
 from stages.report import COLUMNS, MISSING, PAPER
-from stages.shards import with_metadata
 
 runner = CliRunner()
 

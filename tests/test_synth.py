@@ -18,12 +18,12 @@ import yaml
 from typer.testing import CliRunner
 
 from apes_cli.main import app
-from stages import faces, synth_video, voices
-from stages.annotations import iter_split, list_split_videos, read_apes_csv, read_ava_csv, read_manifest
-from stages.config import SynthParams, params_from_dict
-from stages.errors import ConfigError
-from stages.layout import AMBIGUOUS, SPLITS, RawLayout
+from stages.core.config import SynthParams, params_from_dict
+from stages.core.errors import ConfigError
+from stages.rawdata.annotations import iter_split, list_split_videos, read_apes_csv, read_ava_csv, read_manifest
+from stages.rawdata.layout import AMBIGUOUS, SPLITS, RawLayout
 from stages.synth import _job, parts_dir, synthesize
+from stages.synthetic import faces, synth_video, voices
 
 MICRO = SynthParams(train_videos=1, val_videos=1, shots_per_video=4, shot_seconds=(1.0, 1.2), intro_seconds=0.3,
                     identities_per_video=(3, 3), width=96, height=64, fps=8, workers=1)

@@ -16,19 +16,19 @@ import pytest
 import torch
 import yaml
 from torchvision.models import resnet18
+from train_data import TinySpec, write_tiny_shards
 from typer.testing import CliRunner
 
 from apes_cli.main import app
-from stages.config import OptimParams, Params, load_params
-from stages.embed import embed_store, embed_tracklets
-from stages.errors import ConfigError, DataError
-from stages.datasets import load_store
-from stages.models import build_model, load_checkpoint
-from stages.ranking import random_metrics
-from stages.schemas import EMBEDDINGS
+from stages.core.config import OptimParams, Params, load_params
+from stages.core.errors import ConfigError, DataError
+from stages.core.schemas import EMBEDDINGS
+from stages.evaluation.ranking import random_metrics
+from stages.learning.datasets import load_store
+from stages.learning.embed import embed_store, embed_tracklets
+from stages.learning.models import build_model, load_checkpoint
 from stages.train import RunSpec, Schedule, TrainingError, resolve_schedule, train_run
 from stages.triplets import run_triplets
-from train_data import TinySpec, write_tiny_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 

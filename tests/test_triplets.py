@@ -11,17 +11,17 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from train_data import TinySpec, write_tiny_shards
 from typer.testing import CliRunner
 
 from apes_cli.main import app
-from stages.config import Params
-from stages.errors import DataError
-from stages.losses import pair_masks
-from stages.samplers import PKSampler, TripletSampler, Tracks
-from stages.schemas import TRACKLETS
-from stages.tracklets import read_tracklet_table, sampling_statistics
+from stages.core.config import Params
+from stages.core.errors import DataError
+from stages.core.schemas import TRACKLETS
+from stages.learning.losses import pair_masks
+from stages.learning.samplers import PKSampler, Tracks, TripletSampler
+from stages.learning.tracklets import read_tracklet_table, sampling_statistics
 from stages.triplets import run_triplets
-from train_data import TinySpec, write_tiny_shards
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from stages.atomic import write_parquet
-from stages.layout import AMBIGUOUS
-from stages.schemas import CROPS, MELS
-from stages.shards import with_metadata
+from stages.core.atomic import write_parquet
+from stages.core.schemas import CROPS, MELS
+from stages.media.shards import with_metadata
+from stages.rawdata.layout import AMBIGUOUS
 
 SIZE = 32
 N_MELS, FRAMES = 16, 12

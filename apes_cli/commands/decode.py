@@ -8,9 +8,17 @@ from typing import Annotated, Optional
 
 import typer
 
-from apes_cli.common import (Bar, ParamsOption, SplitOption, check_splits, check_workers, friendly_errors,
-                             print_metrics, read_params)
-from stages.atomic import write_json
+from apes_cli.common import (
+    Bar,
+    ParamsOption,
+    SplitOption,
+    check_splits,
+    check_workers,
+    friendly_errors,
+    print_metrics,
+    read_params,
+)
+from stages.core.atomic import write_json
 
 NAME = "decode"
 HELP = ("Per video: check the annotations, map every annotated timestamp to its nearest frame (ffmpeg "

@@ -11,8 +11,8 @@ import typer
 from tqdm import tqdm
 
 from apes_cli.common import Bar, ParamsOption, friendly_errors, print_metrics, read_params
-from stages.atomic import write_json
-from stages.layout import RawLayout
+from stages.core.atomic import write_json
+from stages.rawdata.layout import RawLayout
 
 NAME = "download"
 HELP = (

@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from apes_cli.common import ParamsOption, friendly_errors, print_metrics, read_params
-from stages.config import MODALITIES, STRATEGIES, TASKS
-from stages.errors import ConfigError
+from stages.core.config import MODALITIES, STRATEGIES, TASKS
+from stages.core.errors import ConfigError
 
 NAME = "evaluate"
 HELP = (

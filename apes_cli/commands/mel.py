@@ -8,9 +8,17 @@ from typing import Annotated, Optional
 
 import typer
 
-from apes_cli.common import (Bar, ParamsOption, SplitOption, check_splits, check_workers,
-                             friendly_errors, print_metrics, read_params)
-from stages.atomic import write_json
+from apes_cli.common import (
+    Bar,
+    ParamsOption,
+    SplitOption,
+    check_splits,
+    check_workers,
+    friendly_errors,
+    print_metrics,
+    read_params,
+)
+from stages.core.atomic import write_json
 
 NAME = "mel"
 HELP = ("For each labelled face track, cut mel.snippet_seconds snippets of the decoded 16 kHz audio under its "

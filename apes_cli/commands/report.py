@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from apes_cli.common import ParamsOption, friendly_errors, print_metrics, read_params
-from stages.errors import ConfigError
+from stages.core.errors import ConfigError
 
 NAME = "report"
 HELP = (

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from apes_cli.common import Bar, ParamsOption, friendly_errors, print_metrics, read_params
-from stages.errors import ConfigError
+from stages.core.errors import ConfigError
 
 NAME = "synth"
 HELP = ("Generate the embedded mini-APES: untrimmed mp4 videos (procedural faces, espeak-ng voices, music "

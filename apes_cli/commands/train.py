@@ -10,8 +10,8 @@ from typing import Annotated
 import typer
 
 from apes_cli.common import Bar, ParamsOption, friendly_errors, print_metrics, read_params
-from stages.config import MODALITIES, STRATEGIES, TASKS, with_overrides
-from stages.errors import ConfigError
+from stages.core.config import MODALITIES, STRATEGIES, TASKS, with_overrides
+from stages.core.errors import ConfigError
 
 NAME = "train"
 HELP = (

@@ -17,8 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stages.atomic import atomic_path
-from stages.errors import DataError
+from stages.core.atomic import atomic_path
+from stages.core.errors import DataError
 
 FINGERPRINT_KEY = "fingerprint"
 STATS_KEY = "stats"

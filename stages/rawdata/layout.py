@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from stages.errors import DataError
+from stages.core.errors import DataError
 
 SPLITS = ("train", "val")
 AVA_LABELS = ("NOT_SPEAKING", "SPEAKING_AUDIBLE", "SPEAKING_NOT_AUDIBLE")

@@ -8,8 +8,8 @@ import tarfile
 import zlib
 from pathlib import Path, PurePosixPath
 
-from stages.errors import DataError
-from stages.layout import check_video_id
+from stages.core.errors import DataError
+from stages.rawdata.layout import check_video_id
 
 ACTIVESPEAKER_SUFFIX = "-activespeaker.csv"
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -36,7 +36,7 @@ def extract_activespeaker(archive: Path, target: Path) -> list[str]:
 
     Every member is checked first and an unsafe one stops everything with an error naming it; members that
     are not per-video CSVs (directories, READMEs) are skipped. The caller passes a temporary directory
-    (stages.atomic.atomic_dir), so a refused archive leaves nothing behind.
+    (stages.core.atomic.atomic_dir), so a refused archive leaves nothing behind.
     """
     video_ids: list[str] = []
     try:

@@ -16,9 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from stages.errors import DataError
-from stages.layout import AMBIGUOUS, AVA_LABELS, RawLayout, check_video_id
-from stages.schemas import BOXES
+from stages.core.errors import DataError
+from stages.core.schemas import BOXES
+from stages.rawdata.layout import AMBIGUOUS, AVA_LABELS, RawLayout, check_video_id
 
 AVA_COLUMNS = ("video_id", "frame_timestamp", "entity_box_x1", "entity_box_y1",
                "entity_box_x2", "entity_box_y2", "label", "entity_id")

@@ -12,9 +12,9 @@ import cv2
 import imageio_ffmpeg
 import numpy as np
 
-from stages import faces, soundtrack, voices
-from stages.config import SynthParams
-from stages.layout import AMBIGUOUS
+from stages.core.config import SynthParams
+from stages.rawdata.layout import AMBIGUOUS
+from stages.synthetic import faces, soundtrack, voices
 
 SAMPLE_RATE = 16000
 _LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"

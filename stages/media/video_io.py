@@ -20,7 +20,7 @@ import ffmpeg
 import imageio_ffmpeg
 import numpy as np
 
-from stages.errors import DataError
+from stages.core.errors import DataError
 
 # Decoding through a gap this long costs more than seeking again (seek = decode from the last keyframe).
 SEEK_GAP_SECONDS = 10.0

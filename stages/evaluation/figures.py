@@ -8,10 +8,10 @@ import numpy as np
 import pyarrow.parquet as pq
 from matplotlib.figure import Figure
 
-from stages.atomic import atomic_path
-from stages.errors import DataError
-from stages.ranking import per_video_queries, squared_distances
-from stages.shards import binary_to_array, metadata
+from stages.core.atomic import atomic_path
+from stages.core.errors import DataError
+from stages.evaluation.ranking import per_video_queries, squared_distances
+from stages.media.shards import binary_to_array, metadata
 
 TOP = 5
 RIGHT, WRONG, QUERY = "#2ca02c", "#d62728", "#1f77b4"

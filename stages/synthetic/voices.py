@@ -12,10 +12,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import espeakng_loader
 import numpy as np
 from scipy.signal import resample_poly
-
-import espeakng_loader
 
 _OUTPUT_SYNCHRONOUS = 2
 _PARAM_RATE, _PARAM_VOLUME, _PARAM_PITCH, _PARAM_RANGE = 1, 2, 3, 4

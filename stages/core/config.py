@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from stages.errors import ConfigError
+from stages.core.errors import ConfigError
 
 TASKS = ("seen_heard", "seen")
 STRATEGIES = ("weak", "within", "across")

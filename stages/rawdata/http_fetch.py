@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from stages.errors import DataError
-from stages.progress import Progress, Silent
+from stages.core.errors import DataError
+from stages.core.progress import Progress, Silent
 
 CHUNK_BYTES = 1 << 20
 MAX_BACKOFF_S = 30.0

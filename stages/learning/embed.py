@@ -16,10 +16,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from stages.datasets import Store, crops_to_tensor, load_store, mels_to_tensor
-from stages.models import Embedder
-from stages.samplers import STREAMS
-from stages.schemas import EMBEDDINGS
+from stages.core.schemas import EMBEDDINGS
+from stages.learning.datasets import Store, crops_to_tensor, load_store, mels_to_tensor
+from stages.learning.models import Embedder
+from stages.learning.samplers import STREAMS
 
 
 def use_bf16(device: torch.device, precision: str) -> bool:

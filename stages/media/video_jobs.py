@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from stages.atomic import remove_stale_temporaries
-from stages.progress import Progress
-from stages.shards import plan_paths
+from stages.core.atomic import remove_stale_temporaries
+from stages.core.progress import Progress
+from stages.media.shards import plan_paths
 
 T = TypeVar("T")
 R = TypeVar("R")

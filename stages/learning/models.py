@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet18
 
-from stages.errors import ConfigError, DataError
+from stages.core.errors import ConfigError, DataError
 
 EMBEDDING_DIM = 512
 CHECKPOINT_FORMAT = "apes-model-1"

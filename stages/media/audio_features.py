@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torchaudio
 
-from stages.config import MelParams
+from stages.core.config import MelParams
 
 LOG_FLOOR = 1e-6
 CENTER = True

@@ -14,10 +14,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from stages.errors import DataError
-from stages.layout import AMBIGUOUS
-from stages.schemas import TRACKLETS
-from stages.shards import shard_paths
+from stages.core.errors import DataError
+from stages.core.schemas import TRACKLETS
+from stages.media.shards import shard_paths
+from stages.rawdata.layout import AMBIGUOUS
 
 CROP_META = ("video_id", "entity_id", "identity", "label")
 MEL_META = ("video_id", "entity_id", "identity")

@@ -1,0 +1,1 @@
+"""Training pieces: tracklets, sampling strategies, datasets, models, losses and embedding."""

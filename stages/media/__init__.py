@@ -1,0 +1,1 @@
+"""Video and audio I/O with ffmpeg, per-video jobs, Parquet shards and audio features."""

@@ -1,0 +1,1 @@
+"""The embedded mini-APES generator: faces, voices, soundtracks and the rendered videos."""
