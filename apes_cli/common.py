@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import functools
 import json
 import sys
@@ -12,11 +13,23 @@ from typing import Annotated, Any, Optional, TypeVar
 import typer
 from tqdm import tqdm
 
-from stages.core.config import Params, load_params
+from stages.core.atomic import write_json
+from stages.core.config import MODALITIES, STRATEGIES, TASKS, Params, load_params
 from stages.core.errors import ApesError, ConfigError
 from stages.rawdata.layout import SPLITS
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _choices(name: str, values: tuple[str, ...]) -> type[enum.Enum]:
+    """A str Enum of the allowed values, so Typer lists and checks them."""
+    return enum.Enum(name, {v: v for v in values}, type=str)  # type: ignore[return-value]
+
+
+Modality = _choices("Modality", MODALITIES)
+Sampling = _choices("Sampling", STRATEGIES)
+Task = _choices("Task", TASKS)
+Split = _choices("Split", SPLITS)
 
 ParamsOption = Annotated[
     Path, typer.Option("--params", help="The params.yaml to read (the single source of configuration).")
@@ -73,6 +86,13 @@ def read_params(path: Path) -> Params:
 def print_metrics(metrics: dict[str, Any]) -> None:
     """Echo a stage's metrics as compact JSON on stdout."""
     typer.echo(json.dumps(metrics, sort_keys=True))
+
+
+def report_metrics(metrics: dict[str, Any], path: Path | None) -> None:
+    """Every command's ending: write the stage's metrics JSON (atomically) where asked, and echo it."""
+    if path is not None:
+        write_json(path, metrics)
+    print_metrics(metrics)
 
 
 def friendly_errors(func: F) -> F:
