@@ -92,6 +92,18 @@ def test_matches_sklearn_and_naive_loop_on_floats(case):
     _assert_matches_naive(*case)
 
 
+@pytest.mark.parametrize("embeddings", [
+    [[0.0], [2.0], [1.04e-16]],  # Gram product: 4 - 4.4e-16 vs 4; direct: both round to 4, a tie
+    [[1e8, 0.0], [1e8, 1.0], [1e8, -1.0], [1e8, 1.0 + 2 ** -20]],  # large norms, tiny distances
+])
+def test_near_ties_rank_as_the_direct_distances(embeddings):
+    embeddings = np.array(embeddings, dtype=np.float32)
+    n = len(embeddings)
+    for identities in itertools.product("ab", repeat=n):
+        if len(set(identities)) == 2 or n < 4:
+            _assert_matches_naive(["v"] * n, list(identities), embeddings, [f"e{i}" for i in range(n)])
+
+
 def test_larger_random_video_matches_naive():
     rng = np.random.default_rng(3)
     n = 300  # crosses the 256-row block and K = 100

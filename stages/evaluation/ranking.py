@@ -8,6 +8,8 @@ mean over a video's queries, then the mean over videos. Conventions (docs/evalua
   evaluated query (e.g. a single tracklet) is left out of the mean and counted (`skipped_videos`);
 - AP treats tied distances as one threshold, exactly as scikit-learn's `average_precision_score`;
 - P@K and R@K read a stable sort on distance, ties broken by entity id (input order without ids);
+- distances come from the Gram product; a query row where two distances lie within its rounding
+  bound is recomputed as a direct sum of squared differences, so near-ties order as the exact values;
 - P@K always divides by K, also when the gallery holds fewer than K tracklets (as trec_eval does).
 """
 
@@ -41,6 +43,22 @@ def squared_distances(embeddings: np.ndarray) -> np.ndarray:
         gram = e @ e.T
     d = norms[:, None] + norms[None, :] - 2.0 * gram
     np.maximum(d, 0.0, out=d)
+    return _settle_near_ties(d, e, norms)
+
+
+def _settle_near_ties(d: np.ndarray, e: np.ndarray, norms: np.ndarray) -> np.ndarray:
+    """Recompute directly the rows whose order the Gram product's rounding could have changed.
+
+    |d~ - d| <= 2 (dim + 2) eps (|a|^2 + |b|^2) for the Gram form, so two entries of row i closer
+    than twice that bound may be swapped (or falsely tied). Those rows, rare outside exact ties,
+    get sum((a - b)^2) in float64, the textbook value, so the ranking is that of the exact distances.
+    """
+    if len(d) < 2:
+        return d
+    bound = 4.0 * (e.shape[1] + 2) * np.finfo(np.float64).eps * (norms + norms.max())
+    gaps = np.diff(np.sort(d, axis=1), axis=1)
+    for row in np.flatnonzero((gaps <= bound[:, None]).any(axis=1)):
+        d[row] = np.square(e - e[row]).sum(axis=1)
     return d
 
 
