@@ -24,8 +24,8 @@ from stages.core.config import OptimParams, Params, load_params
 from stages.core.errors import ConfigError, DataError
 from stages.core.schemas import EMBEDDINGS
 from stages.evaluation.ranking import random_metrics
-from stages.learning.datasets import load_store
-from stages.learning.embed import embed_store, embed_tracklets
+from stages.learning.datasets import crops_to_tensor, load_store, mels_to_tensor
+from stages.learning.embed import autocast, embed_store, embed_tracklets
 from stages.learning.models import build_model, load_checkpoint
 from stages.train import RunSpec, Schedule, TrainingError, resolve_schedule, train_run
 from stages.triplets import run_triplets
@@ -118,25 +118,38 @@ def test_voice_and_crossmodal_need_seen_heard(data: dict[str, Path], tmp_path: P
         _run(data, _params(), RunSpec("crossmodal", "within", "seen", 0), tmp_path)
 
 
-def test_crossmodal_mined_run_and_its_tracklet_embeddings(data: dict[str, Path], tmp_path: Path) -> None:
-    params = _params(epochs=1, steps=2, batch=16, mining="batch_hard", normalize=True, margin=0.3, pk_k=2)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_crossmodal_mined_run_and_its_tracklet_embeddings(data: dict[str, Path], tmp_path: Path,
+                                                          precision: str) -> None:
+    params = _params(epochs=1, steps=2, batch=16, mining="batch_hard", normalize=True, margin=0.3, pk_k=2,
+                     precision=precision)
     metrics = _run(data, params, RunSpec("crossmodal", "weak", "seen_heard", 0), tmp_path)
-    assert np.isfinite(metrics["loss"]) and metrics["mining"] == "batch_hard"
+    assert np.isfinite(metrics["loss"]) and (metrics["mining"], metrics["precision"]) == ("batch_hard", precision)
     model = load_checkpoint(tmp_path / "models" / "crossmodal_weak_seen_heard" / "model.pt")
     table = embed_tracklets(model, "crossmodal", data["crops"], data["mels"], "val", "seen_heard", params)
     assert table.schema.equals(EMBEDDINGS) and table.num_rows == 2 * 10
     vectors = np.array(table["embedding"].to_pylist())
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
-    # joint of the means == mean of the joints of every (crop, snippet) pair of the tracklet (linear projection)
     store = load_store(data["crops"], data["mels"], "val", "seen_heard", ("crops", "mels"), 4, 8)
     t = store.tracks
+    crops, mels = crops_to_tensor(store.crops), mels_to_tensor(store.mels)
+    # under the run's precision: the joint projection of the tracklet's mean face and mean voice features
+    with torch.no_grad(), autocast(torch.device("cpu"), precision == "bf16"):
+        face = model.face(crops).float()[t.crop_start[0]:t.crop_start[0] + t.crop_count[0]].mean(0, keepdim=True)
+        voice = model.voice(mels).float()[t.mel_start[0]:t.mel_start[0] + t.mel_count[0]].mean(0, keepdim=True)
+        joint = model.joint(face, voice).float()
+    assert np.allclose(model.finish(joint).numpy()[0], vectors[0], atol=1e-5)
+    # in fp32: joint of the means == mean of the joints of every (crop, snippet) pair (the projection is linear)
+    exact = embed_store(model, store)
     with torch.no_grad():
-        face = model.face(torch.from_numpy(store.crops[t.crop_start[0]:t.crop_start[0] + t.crop_count[0]])
-                          .permute(0, 3, 1, 2).float() / 255)
-        voice = model.voice(torch.from_numpy(store.mels[t.mel_start[0]:t.mel_start[0] + t.mel_count[0]]).unsqueeze(1))
+        face = model.face(crops[t.crop_start[0]:t.crop_start[0] + t.crop_count[0]])
+        voice = model.voice(mels[t.mel_start[0]:t.mel_start[0] + t.mel_count[0]])
         pairs = model.joint(face.repeat_interleave(len(voice), 0), voice.repeat(len(face), 1)).mean(0, keepdim=True)
-    assert np.allclose(model.finish(pairs).numpy()[0], vectors[0], atol=1e-4)
-    assert np.allclose(embed_store(model, store), vectors, atol=1e-5)
+    assert np.allclose(model.finish(pairs).numpy()[0], exact[0], atol=1e-4)
+    if precision == "fp32":
+        assert np.allclose(exact, vectors, atol=1e-5)
+    else:  # bf16 keeps about 3 significant digits: the same embeddings up to its rounding
+        assert np.allclose(exact, vectors, atol=1e-2) and not np.array_equal(exact, vectors)
 
 
 def test_a_nan_loss_stops_with_a_clear_message(data: dict[str, Path], tmp_path: Path) -> None:
