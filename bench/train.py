@@ -30,6 +30,7 @@ from stages.learning.datasets import BatchDataset, load_store
 from stages.learning.embed import use_bf16
 from stages.learning.models import build_model
 from stages.learning.samplers import TripletSampler
+from stages.learning.strategies import strategy_named
 from stages.learning.tracklets import CROP_META, build_tracklets, read_meta
 from stages.media.shards import with_metadata
 from stages.train import RunSpec, batch_loss, train_run
@@ -88,7 +89,7 @@ def shards_vs_memory(size: int = 64) -> tuple[float, float]:
         crops = write_shards(Path(tmp) / "crops", size)
         tracklets = build_tracklets(read_meta(crops, "train", CROP_META), None, "seen")
         store = load_store(crops, None, "train", "seen", ("crops",), tracklets=tracklets)
-    sampler = TripletSampler(store.tracks, "within", "face", BATCH, seed=0)
+    sampler = TripletSampler(store.tracks, strategy_named("within"), "face", BATCH, seed=0)
     loader = torch.utils.data.DataLoader(BatchDataset(store, sampler, 0), batch_size=None,
                                          sampler=[(0, s) for s in range(10_000)])
     batches: Iterator[dict[str, torch.Tensor]] = iter(loader)

@@ -30,7 +30,9 @@ from stages.learning import losses
 from stages.learning.datasets import BatchDataset, Store, load_store
 from stages.learning.embed import embed_store, use_bf16
 from stages.learning.models import Embedder, build_model, checkpoint_payload
-from stages.learning.samplers import STREAMS, PKSampler, TripletSampler
+from stages.learning.pool import STREAMS
+from stages.learning.samplers import PKSampler, TripletSampler
+from stages.learning.strategies import strategy_named
 from stages.learning.tracklets import read_tracklet_table
 
 PAPER = {"face": (3e-4, 70, 30), "voice": (5e-4, 120, 50), "crossmodal": (5e-5, 120, 45)}  # lr, epochs, step
@@ -120,8 +122,8 @@ def _restore_rng(states: dict[str, Any]) -> None:
 def make_sampler(store: Store, spec: RunSpec, train: TrainParams, batch_size: int) -> TripletSampler | PKSampler:
     """Plain triplets (the paper) or P x K batches for in-batch mining."""
     if train.mining == "none":
-        return TripletSampler(store.tracks, spec.sampling, spec.modality, batch_size, spec.seed)
-    return PKSampler(store.tracks, spec.sampling, spec.modality, batch_size, spec.seed, train.pk_k)
+        return TripletSampler(store.tracks, strategy_named(spec.sampling), spec.modality, batch_size, spec.seed)
+    return PKSampler(store.tracks, strategy_named(spec.sampling), spec.modality, batch_size, spec.seed, train.pk_k)
 
 
 def batch_loss(model: torch.nn.Module, normalize: bool, inputs: dict[str, torch.Tensor], mining: str,
@@ -241,7 +243,7 @@ def train_run(params: Params, spec: RunSpec, *, device: str = "auto", resume: bo
     for (epoch, step), inputs in zip(keys, loader):
         inputs = {k: v.to(dev, non_blocking=True) for k, v in inputs.items()}
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = batch_loss(net, train.normalize, inputs, train.mining, train.margin, spec.sampling != "weak")
+            loss = batch_loss(net, train.normalize, inputs, train.mining, train.margin, sampler.strategy.distinct_tracks)
         value = loss.detach().float()
         if world > 1:
             dist.all_reduce(value)

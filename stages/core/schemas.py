@@ -54,7 +54,7 @@ MELS = pa.schema([
     ("mel", pa.binary()),
 ])
 
-# triplets: one row per tracklet of a task's train split, with its positive bag per strategy.
+# triplets: one row per tracklet of a task's train split (bags follow from the strategy rules).
 TRACKLETS = pa.schema([
     ("task", pa.string()),
     ("track", pa.int32()),            # index into this table (per task)
@@ -63,7 +63,6 @@ TRACKLETS = pa.schema([
     ("identity", pa.string()),
     ("n_crops", pa.int32()),
     ("n_snippets", pa.int32()),
-    ("positives", pa.list_(pa.int32())),  # other tracklets of the same identity (Within/Across)
 ])
 
 # evaluate --embeddings: anyone's tracklet embeddings.

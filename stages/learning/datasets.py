@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from stages.core.errors import DataError
-from stages.learning.samplers import Batch, PKSampler, Tracks, TripletSampler
+from stages.learning.pool import Tracks
+from stages.learning.samplers import Batch, PKSampler, TripletSampler
 from stages.learning.tracklets import codes, load_tracklets, split_shards, track_keys
 from stages.media.shards import binary_to_array, metadata
 
@@ -28,7 +29,7 @@ CORNER_CROP = 0.875  # share of the side kept by the training corner crop (then 
 class Store:
     """A task's tracklets with their items: crops (N, S, S, 3) uint8 and mels (M, n_mels, frames) float32.
 
-    Items of one tracklet are contiguous; `tracks` says where (see stages.learning.samplers.Tracks).
+    Items of one tracklet are contiguous; `tracks` says where (see stages.learning.pool.Tracks).
     """
 
     tracklets: pa.Table

@@ -19,7 +19,7 @@ import torch
 from stages.core.schemas import EMBEDDINGS
 from stages.learning.datasets import Store, crops_to_tensor, load_store, mels_to_tensor
 from stages.learning.models import Embedder
-from stages.learning.samplers import STREAMS
+from stages.learning.pool import STREAMS
 
 
 def use_bf16(device: torch.device, precision: str) -> bool:

@@ -16,6 +16,8 @@ import pyarrow.parquet as pq
 
 from stages.core.errors import DataError
 from stages.core.schemas import TRACKLETS
+from stages.learning.pool import STREAMS, Pool, Tracks
+from stages.learning.strategies import STRATEGIES
 from stages.media.shards import shard_paths
 from stages.rawdata.layout import AMBIGUOUS
 
@@ -74,9 +76,6 @@ def build_tracklets(crop_meta: pa.Table, mel_meta: pa.Table | None, task: str) -
         if task == "seen_heard" and not (entry["audible"] and n_snippets > 0):
             continue
         rows.append((entry["video_id"], key.split("/", 1)[1], entry["identity"], entry["n_crops"], n_snippets))
-    by_identity: dict[str, list[int]] = {}
-    for index, row in enumerate(rows):
-        by_identity.setdefault(row[2], []).append(index)
     return pa.table({
         "task": pa.array([task] * len(rows), pa.string()),
         "track": pa.array(range(len(rows)), pa.int32()),
@@ -85,8 +84,6 @@ def build_tracklets(crop_meta: pa.Table, mel_meta: pa.Table | None, task: str) -
         "identity": pa.array([r[2] for r in rows], pa.string()),
         "n_crops": pa.array([r[3] for r in rows], pa.int32()),
         "n_snippets": pa.array([r[4] for r in rows], pa.int32()),
-        "positives": pa.array([[j for j in by_identity[r[2]] if j != i] for i, r in enumerate(rows)],
-                              pa.list_(pa.int32())),
     }, schema=TRACKLETS)
 
 
@@ -125,33 +122,32 @@ def codes(values: list[str]) -> np.ndarray:
     return inverse.astype(np.int64)
 
 
-def sampling_statistics(tracklets: pa.Table) -> dict[str, dict[str, float | int | bool]]:
-    """Table 2: per strategy, the average positive and negative tracklets of an eligible anchor.
+def tracks_of(tracklets: pa.Table) -> Tracks:
+    """Video and identity codes and item counts of a tracklet table (item rows numbered as if stored in order)."""
+    crop_count = tracklets["n_crops"].to_numpy().astype(np.int64)
+    mel_count = tracklets["n_snippets"].to_numpy().astype(np.int64)
+    return Tracks(codes(tracklets["video_id"].to_pylist()), codes(tracklets["identity"].to_pylist()),
+                  np.cumsum(crop_count) - crop_count, crop_count, np.cumsum(mel_count) - mel_count, mel_count)
 
-    An anchor is eligible when it has at least one positive and one negative under the strategy;
-    the others are counted as `skipped_anchors` (e.g. an identity seen in a single tracklet).
+
+def sampling_statistics(tracklets: pa.Table) -> dict[str, dict[str, float | int | bool]]:
+    """Table 2: per strategy, the average positive and negative tracklets of an eligible face anchor.
+
+    An anchor is eligible when the strategy gives it at least one positive and one negative (the rule the
+    samplers train with); the others are counted as `skipped_anchors` (e.g. an identity seen in a single
+    tracklet).
     """
-    n = tracklets.num_rows
-    video = codes(tracklets["video_id"].to_pylist())
-    identity = codes(tracklets["identity"].to_pylist())
-    n_crops = tracklets["n_crops"].to_numpy()
-    same_identity = np.bincount(identity, minlength=identity.max() + 1)[identity] if n else np.zeros(0, int)
-    per_video = np.bincount(video, minlength=video.max() + 1)[video] if n else np.zeros(0, int)
-    positives = same_identity - 1
+    pool = Pool(tracks_of(tracklets), STREAMS["face"])
     stats: dict[str, dict[str, float | int | bool]] = {}
-    bags = {
-        "within": (positives, per_video - same_identity, True),
-        "across": (positives, n - same_identity, True),
-        "weak": (np.where(n_crops >= 2, 1, 0), np.full(n, n - 1), False),
-    }
-    for strategy, (pos, neg, clean) in bags.items():
-        eligible = (pos > 0) & (neg > 0)
-        count = int(eligible.sum())
-        stats[strategy] = {
+    for name, strategy in STRATEGIES.items():
+        anchors = strategy.anchors(pool)
+        positives, negatives = strategy.bag_sizes(pool)
+        count = len(anchors)
+        stats[name] = {
             "anchors": count,
-            "skipped_anchors": int(n - count),
-            "avg_positive_tracklets": round(float(pos[eligible].mean()), 3) if count else 0.0,
-            "avg_negative_tracklets": round(float(neg[eligible].mean()), 3) if count else 0.0,
-            "clean": clean,
+            "skipped_anchors": int(tracklets.num_rows - count),
+            "avg_positive_tracklets": round(float(positives[anchors].mean()), 3) if count else 0.0,
+            "avg_negative_tracklets": round(float(negatives[anchors].mean()), 3) if count else 0.0,
+            "clean": strategy.clean,
         }
     return stats
