@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from stages.core.atomic import write_json
 from stages.core.config import MODALITIES, STRATEGIES, TASKS, Params, load_params
-from stages.core.errors import ApesError, ConfigError
+from stages.core.errors import ApesError
 from stages.rawdata.layout import SPLITS
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -36,22 +36,13 @@ ParamsOption = Annotated[
 ]
 
 
-SplitOption = Annotated[Optional[list[str]], typer.Option(
-    "--split", metavar="SPLIT", help="Split to process: train or val (repeatable). Default: both.")]
+SplitOption = Annotated[Optional[list[Split]], typer.Option(  # type: ignore[valid-type]
+    "--split", help="Split to process (repeatable). Default: both.")]
 
 
-def check_splits(splits: Optional[list[str]]) -> tuple[str, ...]:
-    """The requested splits, or all of them."""
-    for split in splits or ():
-        if split not in SPLITS:
-            raise ConfigError("--split", f"unknown split {split!r}, expected one of {SPLITS}")
-    return tuple(splits) if splits else SPLITS
-
-
-def check_workers(workers: Optional[int]) -> None:
-    """Refuse a negative worker count."""
-    if workers is not None and workers < 0:
-        raise ConfigError("--workers", "expected >= 0 (0 = one per core)")
+def chosen_splits(splits: Optional[list[Split]]) -> tuple[str, ...]:  # type: ignore[valid-type]
+    """The splits asked for on the command line, in pipeline order; all of them when none was."""
+    return tuple(s for s in SPLITS if s in {split.value for split in splits}) if splits else SPLITS
 
 
 class Bar:

@@ -27,13 +27,11 @@ import pyarrow.parquet as pq
 import torch
 from threadpoolctl import threadpool_limits
 
+from stages import crop, decode, mel
 from stages.core.config import CropParams, DecodeParams, MelParams
-from stages.crop import crop
-from stages.decode import decode
 from stages.media.audio_features import LogMel, log_mel_at, snippet_samples
 from stages.media.shards import metadata
 from stages.media.video_io import ffmpeg_exe, read_wav
-from stages.mel import mel
 
 SECONDS, WIDTH, HEIGHT, FPS, BOX_RATE = 60, 640, 360, 25, 20
 REPEATS = 3
@@ -93,8 +91,8 @@ def decode_crop_rows(work: Path) -> list[tuple[str, str, float]]:
     def stages() -> None:
         for folder in ("decoded", "crops"):
             shutil.rmtree(work / folder, ignore_errors=True)
-        outcome["decode"] = decode(raw, work / "decoded", DecodeParams(workers=1), ["train"])
-        outcome["crop"] = crop(raw, work / "decoded", work / "crops", CropParams(workers=1), ["train"])
+        outcome["decode"] = decode.run(DecodeParams(workers=1), raw, work / "decoded", ["train"])
+        outcome["crop"] = crop.run(CropParams(workers=1), raw, work / "decoded", work / "crops", ["train"])
 
     def bare_ffmpeg() -> None:
         subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(video),
@@ -121,7 +119,7 @@ def mel_rows(work: Path) -> list[tuple[str, str, float]]:
 
     def stage() -> None:
         shutil.rmtree(work / "mels", ignore_errors=True)
-        result["mel"] = mel(work / "decoded", work / "mels", params, ["train"])
+        result["mel"] = mel.run(params, work / "decoded", work / "mels", ["train"])
 
     stage()
     starts = pq.read_table(work / "mels" / "train" / "bench00.parquet", columns=["start"])["start"].to_numpy()
@@ -167,14 +165,12 @@ _MEMORY_SCRIPT = """
 import json, resource, sys
 from pathlib import Path
 from stages.media.audio_features import LogMel, log_mel_at, snippet_samples
+from stages import crop, decode, mel
 from stages.core.config import CropParams, DecodeParams, MelParams
-from stages.crop import crop
-from stages.decode import decode
-from stages.mel import mel
 raw, work = Path(sys.argv[1]), Path(sys.argv[2])
-decode(raw, work / "decoded", DecodeParams(workers=1), ["train"])
-crop(raw, work / "decoded", work / "crops", CropParams(workers=1), ["train"])
-mel(work / "decoded", work / "mels", MelParams(workers=1), ["train"])
+decode.run(DecodeParams(workers=1), raw, work / "decoded", ["train"])
+crop.run(CropParams(workers=1), raw, work / "decoded", work / "crops", ["train"])
+mel.run(MelParams(workers=1), work / "decoded", work / "mels", ["train"])
 print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 

@@ -174,9 +174,9 @@ def _crop_video(plan_file: Path, split: str, layout: RawLayout, out_dir: Path,
     return {**stats, "resumed": 0}
 
 
-def crop(raw_dir: str | Path, decoded_dir: str | Path, out_dir: str | Path, params: CropParams,
-         splits: Sequence[str], progress: Progress | None = None) -> dict[str, Any]:
-    """Crop every video planned by `decode`; returns the metrics written to metrics/crop.json."""
+def run(settings: CropParams, raw_dir: str | Path, decoded_dir: str | Path, out_dir: str | Path,
+        splits: Sequence[str], progress: Progress | None = None) -> dict[str, Any]:
+    """Crop every video planned by `decode`; returns the stage metrics."""
     progress = progress or Silent()
     layout, out_dir = RawLayout(Path(raw_dir)), Path(out_dir)
     began = time.perf_counter()
@@ -185,8 +185,8 @@ def crop(raw_dir: str | Path, decoded_dir: str | Path, out_dir: str | Path, para
     opencv_threads = cv2.getNumThreads()
     cv2.setNumThreads(1)  # OpenCV's threads cost more than they save on small crops; videos run in parallel
     try:
-        per_video = map_videos(jobs, lambda job: _crop_video(job[1], job[0], layout, out_dir, params),
-                               resolve_workers(params.workers), progress)
+        per_video = map_videos(jobs, lambda job: _crop_video(job[1], job[0], layout, out_dir, settings),
+                               resolve_workers(settings.workers), progress)
     finally:
         cv2.setNumThreads(opencv_threads)
     seconds = time.perf_counter() - began
@@ -194,7 +194,7 @@ def crop(raw_dir: str | Path, decoded_dir: str | Path, out_dir: str | Path, para
     return {
         **merged,
         "splits": {split: sum(1 for s, _ in jobs if s == split) for split in splits},
-        "crop_size": params.size,
+        "crop_size": settings.size,
         "seconds": round(seconds, 3),
         "crops_per_second": round(merged.get("crops", 0) / seconds, 1) if seconds else 0.0,
     }

@@ -115,9 +115,9 @@ def _jobs(layout: RawLayout, splits: Sequence[str], expected: dict[str, set[str]
             yield _Job(split, video_id, csv_path, boxes, apes_digest)
 
 
-def decode(raw_dir: str | Path, out_dir: str | Path, params: DecodeParams, splits: Sequence[str],
-           progress: Progress | None = None) -> dict[str, Any]:
-    """Decode every video of `splits`; returns the metrics written to metrics/decode.json."""
+def run(settings: DecodeParams, raw_dir: str | Path, out_dir: str | Path, splits: Sequence[str],
+        progress: Progress | None = None) -> dict[str, Any]:
+    """Decode every video of `splits`; returns the stage metrics."""
     progress = progress or Silent()
     layout, out_dir = RawLayout(Path(raw_dir)), Path(out_dir)
     began = time.perf_counter()
@@ -125,8 +125,8 @@ def decode(raw_dir: str | Path, out_dir: str | Path, params: DecodeParams, split
     progress.start(total, "decode")
     expected: dict[str, set[str]] = {split: set() for split in splits}
     per_video = map_videos(_jobs(layout, splits, expected),
-                           lambda job: _decode_video(job, layout, out_dir, params),
-                           resolve_workers(params.workers), progress)
+                           lambda job: _decode_video(job, layout, out_dir, settings),
+                           resolve_workers(settings.workers), progress)
     for split in splits:
         remove_orphans(out_dir / PLAN_DIR / split, expected[split])
         remove_orphans(out_dir / AUDIO_DIR / split, expected[split], ".wav")

@@ -161,7 +161,7 @@ def filter_apes(source: Path, dest: Path, keep: set[str]) -> tuple[int, int]:
     return len(out) - 1, dropped
 
 
-def video_jobs(layout: RawLayout, params: DownloadParams, chosen: dict[str, list[str]],
+def video_jobs(layout: RawLayout, base_url: str, chosen: dict[str, list[str]],
                listed: dict[str, tuple[str, str]], manifest: Path) -> list[Job]:
     """One job per chosen video: `<base_url>/trainval/<file_name>` to videos/<file_name>."""
     jobs = []
@@ -171,24 +171,25 @@ def video_jobs(layout: RawLayout, params: DownloadParams, chosen: dict[str, list
             if not name.lower().endswith(VIDEO_EXTENSIONS):
                 raise DataError(manifest, f"file name {name!r} of video {video_id!r} has no video extension "
                                           f"(expected one of {', '.join(VIDEO_EXTENSIONS)})", field="file_name")
-            jobs.append(Job(join_url(params.base_url, "trainval", name), layout.videos_dir / name, md5))
+            jobs.append(Job(join_url(base_url, "trainval", name), layout.videos_dir / name, md5))
     return jobs
 
 
-def download(layout: RawLayout, params: DownloadParams, progress: Progress | None = None) -> dict[str, Any]:
-    """Fill `layout` with real AVA + APES data; returns the stage metrics."""
+def run(settings: DownloadParams, out_dir: str | Path, progress: Progress | None = None) -> dict[str, Any]:
+    """Fill the raw layout at `out_dir` with real AVA + APES data; returns the stage metrics."""
     started = time.monotonic()
     progress = progress or Silent()
-    fetcher = Fetcher(params.retries, params.timeout_s, params.backoff_s, progress)
+    layout = RawLayout(Path(out_dir))
+    fetcher = Fetcher(settings.retries, settings.timeout_s, settings.backoff_s, progress)
     stale = remove_stale_temporaries(layout.root)
     archives = layout.root / ARCHIVES_DIR
-    archive_md5 = {"train": params.train_archive_md5, "val": params.val_archive_md5}
-    file_list = Job(join_url(params.base_url, "annotations", params.file_list), archives / params.file_list, "")
-    annotation_jobs = {split: Job(join_url(params.base_url, "annotations", archive_name(split)),
+    archive_md5 = {"train": settings.train_archive_md5, "val": settings.val_archive_md5}
+    file_list = Job(join_url(settings.base_url, "annotations", settings.file_list), archives / settings.file_list, "")
+    annotation_jobs = {split: Job(join_url(settings.base_url, "annotations", archive_name(split)),
                                   archives / archive_name(split), archive_md5[split]) for split in SPLITS}
-    apes_jobs = {split: Job(join_url(params.apes_url, f"APES-{split}.csv"), archives / f"APES-{split}.csv", "")
+    apes_jobs = {split: Job(join_url(settings.apes_url, f"APES-{split}.csv"), archives / f"APES-{split}.csv", "")
                  for split in SPLITS}
-    fetch_all(fetcher, [file_list, *annotation_jobs.values(), *apes_jobs.values()], params.workers, progress,
+    fetch_all(fetcher, [file_list, *annotation_jobs.values(), *apes_jobs.values()], settings.workers, progress,
               "video list, annotations and APES labels")
     listed = listed_videos(file_list.dest)
 
@@ -196,13 +197,13 @@ def download(layout: RawLayout, params: DownloadParams, progress: Progress | Non
     with contextlib.ExitStack() as stack:
         staged = {split: stack.enter_context(atomic_dir(layout.ava_dir(split))) for split in SPLITS}
         annotated = {split: extract_activespeaker(annotation_jobs[split].dest, staged[split]) for split in SPLITS}
-        chosen, not_listed, over_limit = choose_videos(annotated, listed, params.limit, file_list.dest)
+        chosen, not_listed, over_limit = choose_videos(annotated, listed, settings.limit, file_list.dest)
         for split in SPLITS:
             prune(staged[split], set(chosen[split]))
             apes_tmp = stack.enter_context(atomic_path(layout.apes_csv(split)))
             apes_rows[split] = filter_apes(apes_jobs[split].dest, apes_tmp, set(chosen[split]))
-        jobs = video_jobs(layout, params, chosen, listed, file_list.dest)
-        fetch_all(fetcher, jobs, params.workers, progress, f"{len(jobs)} videos")
+        jobs = video_jobs(layout, settings.base_url, chosen, listed, file_list.dest)
+        fetch_all(fetcher, jobs, settings.workers, progress, f"{len(jobs)} videos")
         with stack.enter_context(atomic_path(layout.manifest)).open("w", newline="") as handle:
             writer = csv.writer(handle, lineterminator="\n")
             writer.writerow(["file_name", "md5"])
@@ -225,7 +226,7 @@ def download(layout: RawLayout, params: DownloadParams, progress: Progress | Non
         "resumed": stats["resumed"],
         "restarted": stats["restarted"],
         "stale_temporaries_removed": stale,
-        "limit": params.limit,
+        "limit": settings.limit,
         "seconds": round(seconds, 3),
         "mb_per_s": round(stats["bytes"] / 1e6 / seconds, 3) if seconds > 0 else 0.0,
     }

@@ -157,9 +157,9 @@ def _mel_video(plan_file: Path, split: str, decoded_dir: Path, out_dir: Path,
     return {**stats, "resumed": 0}
 
 
-def mel(decoded_dir: str | Path, out_dir: str | Path, params: MelParams, splits: Sequence[str],
+def run(settings: MelParams, decoded_dir: str | Path, out_dir: str | Path, splits: Sequence[str],
         progress: Progress | None = None) -> dict[str, Any]:
-    """Snippets and log-mels for every video decoded by `decode`; returns the metrics for metrics/mel.json."""
+    """Snippets and log-mels for every video decoded by `decode`; returns the stage metrics."""
     progress = progress or Silent()
     decoded_dir, out_dir = Path(decoded_dir), Path(out_dir)
     began = time.perf_counter()
@@ -170,8 +170,8 @@ def mel(decoded_dir: str | Path, out_dir: str | Path, params: MelParams, splits:
     # gain (2 threads ran 2-5x slower than 1 on a busy 2-core machine); videos give the parallelism.
     torch.set_num_threads(1)
     try:
-        per_video = map_videos(jobs, lambda job: _mel_video(job[1], job[0], decoded_dir, out_dir, params),
-                               resolve_workers(params.workers), progress)
+        per_video = map_videos(jobs, lambda job: _mel_video(job[1], job[0], decoded_dir, out_dir, settings),
+                               resolve_workers(settings.workers), progress)
     finally:
         torch.set_num_threads(torch_threads)
     seconds = time.perf_counter() - began

@@ -16,12 +16,14 @@ from pathlib import Path
 import numpy as np
 
 from stages.core.atomic import atomic_path, write_json
-from stages.core.config import MODALITIES, STRATEGIES, TASKS
+from stages.core.config import MODALITIES, STRATEGIES, TASKS, ReportParams
 from stages.core.errors import DataError
+from stages.core.progress import Progress, Silent
 from stages.evaluation.figures import retrieval_examples
 
 COLUMNS = ("R@10", "R@50", "R@100", "P@1", "P@5", "P@10", "mAP")
 MISSING = "—"
+FIGURE_NAME = "benchmark_examples.png"
 TASK_TITLES = {"seen_heard": "Seen & Heard (paper Table 3)", "seen": "Seen (paper Table 4)"}
 MODALITY_TITLES = {"face": "Facial Matching", "voice": "Voice Matching", "crossmodal": "Cross-modal Matching"}
 PAPER_MODALITIES = {"seen_heard": MODALITIES, "seen": ("face",)}
@@ -188,12 +190,17 @@ def best_run(tables: dict, records: list[Record]) -> Record | None:
     return max(candidates, key=lambda r: (r.metrics["mAP"], r.path.name), default=None)
 
 
-def write_report(metrics_dir: str | Path, seeds: tuple[int, ...], crops_dir: str | Path,
-                 out_md: str | Path, out_json: str | Path, figure_png: str | Path, stage_metrics: str | Path) -> dict:
-    """Write benchmark.md, benchmark.json, the retrieval figure (when possible) and the stage metrics."""
+def run(settings: ReportParams, eval_dir: str | Path, crops_dir: str | Path, out_dir: str | Path,
+        progress: Progress | None = None) -> dict:
+    """Write benchmark.md, benchmark.json and the retrieval figure into `out_dir`; returns the stage metrics."""
     started = time.perf_counter()
-    records, ignored = read_records(metrics_dir)
+    progress = progress or Silent()
+    seeds, out_dir = settings.seeds, Path(out_dir)
+    figure_png = out_dir / FIGURE_NAME
+    progress.start(2, "report")
+    records, ignored = read_records(eval_dir)
     tables, notes = build_tables(records, seeds)
+    progress.advance()
     best = best_run(tables, records)
     figure, figure_skip = None, None
     if best is None:
@@ -204,20 +211,19 @@ def write_report(metrics_dir: str | Path, seeds: tuple[int, ...], crops_dir: str
         try:
             retrieval_examples(best.metrics.get("embeddings", ""), crops_dir, figure_png,
                                title=f"{best.metrics.get('run', best.path.stem)} (mAP {best.metrics['mAP']:.1f})")
-            figure = Path(figure_png).name
+            figure = figure_png.name
         except DataError as error:
             figure_skip = str(error)
+    progress.advance()
     if figure_skip:
         notes.append(f"no retrieval figure: {figure_skip}")
     markdown = render_markdown(tables, seeds, notes, figure)
-    with atomic_path(out_md) as tmp:
+    with atomic_path(out_dir / "benchmark.md") as tmp:
         tmp.write_text(markdown)
-    write_json(out_json, {"seeds": list(seeds), "columns": list(COLUMNS), "tasks": tables,
-                          "figure": str(figure_png) if figure else None, "notes": notes})
+    write_json(out_dir / "benchmark.json", {"seeds": list(seeds), "columns": list(COLUMNS), "tasks": tables,
+                                            "figure": str(figure_png) if figure else None, "notes": notes})
     filled = sum(bool(row["cells"]["mAP"]["values"]) for rows in tables.values() for row in rows)
     total = sum(len(rows) for rows in tables.values())
-    metrics = {"files_read": len(records), "files_ignored": ignored, "rows_filled": filled, "rows_total": total,
-               "best_run": best.path.name if best else None, "figure": str(figure_png) if figure else None,
-               "figure_skipped": figure_skip, "seconds": round(time.perf_counter() - started, 3)}
-    write_json(stage_metrics, metrics)
-    return metrics
+    return {"files_read": len(records), "files_ignored": ignored, "rows_filled": filled, "rows_total": total,
+            "best_run": best.path.name if best else None, "figure": str(figure_png) if figure else None,
+            "figure_skipped": figure_skip, "seconds": round(time.perf_counter() - started, 3)}

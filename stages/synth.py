@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from stages.core.atomic import atomic_dir, atomic_path, write_json
+from stages.core.atomic import atomic_dir, atomic_path
 from stages.core.config import SynthParams
 from stages.core.progress import Progress, Silent
 from stages.rawdata.layout import AMBIGUOUS, SPLITS, RawLayout
@@ -137,42 +137,39 @@ def _assemble(raw_dir: Path, parts: Path, summaries: list[dict]) -> None:
         layout.manifest.write_text("\n".join(manifest) + "\n")
 
 
-def synthesize(p: SynthParams, seed: int, raw_dir: str | Path, metrics_path: str | Path | None = None,
-               progress: Progress | None = None) -> dict:
-    """Generate the raw layout under `raw_dir` and return (and write) the statistics as metrics."""
+def run(settings: SynthParams, seed: int, out_dir: str | Path, progress: Progress | None = None) -> dict:
+    """Generate the raw layout under `out_dir`; returns its statistics as the stage metrics."""
     started = time.perf_counter()
     progress = progress or Silent()
-    raw_dir = Path(raw_dir)
+    raw_dir = Path(out_dir)
     raw_dir.parent.mkdir(parents=True, exist_ok=True)
-    parts = parts_dir(raw_dir, seed, p)
+    parts = parts_dir(raw_dir, seed, settings)
     for stale in raw_dir.parent.glob(f".{raw_dir.name}.parts-*"):
         if stale != parts:
             shutil.rmtree(stale, ignore_errors=True)
     parts.mkdir(exist_ok=True)
-    jobs = [(split, index) for split, count in (("train", p.train_videos), ("val", p.val_videos))
+    jobs = [(split, index) for split, count in (("train", settings.train_videos), ("val", settings.val_videos))
             for index in range(count)]
     todo = [job for job in jobs if not (parts / f"{job[0]}-{job[1]:03d}.json").exists()]
     progress.start(len(todo), "synth videos")
-    workers = min(p.workers or os.cpu_count() or 1, max(1, len(todo)))
+    workers = min(settings.workers or os.cpu_count() or 1, max(1, len(todo)))
     if workers == 1:
         for split, index in todo:
-            _job(seed, split, index, p, parts)
+            _job(seed, split, index, settings, parts)
             progress.advance()
     elif todo:
         context = multiprocessing.get_context("spawn")   # no fork: the parent may hold threads (torch, tqdm)
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-            futures = [pool.submit(_job, seed, split, index, p, parts) for split, index in todo]
+            futures = [pool.submit(_job, seed, split, index, settings, parts) for split, index in todo]
             for future in concurrent.futures.as_completed(futures):
                 future.result()
                 progress.advance()
     summaries = [json.loads((parts / f"{split}-{index:03d}.json").read_text()) for split, index in jobs]
     _assemble(raw_dir, parts, summaries)
     shutil.rmtree(parts, ignore_errors=True)
-    metrics = statistics(summaries, p.fps)
+    metrics = statistics(summaries, settings.fps)
     elapsed = time.perf_counter() - started
     metrics.update({"seconds": round(elapsed, 2), "resumed_videos": len(jobs) - len(todo),
                     "videos_per_second": round(len(todo) / elapsed, 3) if elapsed > 0 else 0.0,
                     "seed": seed, "workers": workers})
-    if metrics_path is not None:
-        write_json(metrics_path, metrics)
     return metrics

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: spinning OpenMP threads thrash 2 cores
@@ -10,8 +11,8 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+from stages import synth  # noqa: E402
 from stages.core.config import SynthParams  # noqa: E402
-from stages.synth import synthesize  # noqa: E402
 
 TINY_SEED = 7
 
@@ -26,7 +27,7 @@ def tiny_synth_params() -> SynthParams:
 
 @pytest.fixture(scope="session")
 def tiny_raw(tmp_path_factory: pytest.TempPathFactory, tiny_synth_params: SynthParams) -> Path:
-    """Root of a raw layout (docs/data.md) generated once per test session; treat it as read-only."""
+    """Root of a raw layout (docs/data.md) generated once per test session, its metrics beside it; read-only."""
     root = tmp_path_factory.mktemp("tiny") / "raw"
-    synthesize(tiny_synth_params, TINY_SEED, root, root.parent / "synth.json")
+    (root.parent / "synth.json").write_text(json.dumps(synth.run(tiny_synth_params, TINY_SEED, root)))
     return root

@@ -4,12 +4,16 @@ solid patches at known boxes, and the real fixtures/sample.wav as soundtrack wit
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
+from stages.media.shards import binary_to_array, metadata
 from stages.media.video_io import Planes, ffmpeg_exe
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
@@ -198,3 +202,22 @@ def cli(*args: str):
 def leftovers(directory: Path) -> list[Path]:
     """Temporary files a killed or failed run would leave behind."""
     return sorted(directory.rglob(".*.tmp")) if directory.exists() else []
+
+
+def iter_shards(directory: Path, split: str, column: str) -> Iterator[tuple[np.ndarray, pa.Table]]:
+    """Per video shard of a split: the `image` (uint8 RGB) or `mel` (float32) column as an array, and the rest."""
+    for path in sorted((Path(directory) / split).glob("*.parquet")):
+        table = pq.read_table(path)
+        meta = metadata(table.schema)
+        if column == "image":
+            shape, dtype = (int(meta["crop_size"]), int(meta["crop_size"]), 3), np.uint8
+        else:
+            shape, dtype = (int(meta["n_mels"]), int(meta["frames"])), np.float32
+        yield binary_to_array(table[column], shape, dtype, path), table.drop_columns([column])
+
+
+def read_shards(directory: Path, split: str, column: str) -> tuple[np.ndarray, pa.Table]:
+    """Every shard of a split at once, as `iter_shards` gives them, concatenated in video order."""
+    parts = list(iter_shards(directory, split, column))
+    assert parts, f"no shards in {directory}/{split}"
+    return np.concatenate([a for a, _ in parts]), pa.concat_tables([t.replace_schema_metadata(None) for _, t in parts])

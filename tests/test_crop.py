@@ -15,9 +15,11 @@ from media_data import (
     Track,
     Video,
     cli,
+    iter_shards,
     leftovers,
     patch_red,
     planes_of,
+    read_shards,
     render_frame,
     standard_videos,
     write_params,
@@ -25,7 +27,7 @@ from media_data import (
 )
 
 from stages.crop import cut, square_boxes
-from stages.media.shards import iter_crops, metadata, read_crops
+from stages.media.shards import metadata
 from stages.media.video_io import frame_indices
 from stages.rawdata.annotations import load_split
 from stages.rawdata.layout import RawLayout
@@ -89,7 +91,7 @@ def test_crop_rows_equal_labelled_boxes_minus_skips(work: Path) -> None:
     assert example["reason"] == "zero_area" and example["file"].endswith("vidA-activespeaker.csv")
     assert example["line"] == len(videos["vidA"].extra_rows) + sum(len(t.stamps()) for t in videos["vidA"].tracks)
     for split in ("train", "val"):
-        images, keys = read_crops(work / "crops", split)
+        images, keys = read_shards(work / "crops", split, "image")
         assert len(images) == keys.num_rows == labelled[split] - (split == "train")
         assert None not in keys["identity"].to_pylist()
     assert metrics["crops"] == sum(labelled.values()) - 1
@@ -98,7 +100,7 @@ def test_crop_rows_equal_labelled_boxes_minus_skips(work: Path) -> None:
 def test_crops_match_the_rendered_box_of_the_nearest_frame(work: Path) -> None:
     videos = {v.video_id: v for v in standard_videos()}
     for split in ("train", "val"):
-        for images, keys in iter_crops(work / "crops", split):
+        for images, keys in iter_shards(work / "crops", split, "image"):
             rows = keys.to_pylist()
             video = videos[rows[0]["video_id"]]
             frames = frame_indices(np.array([r["frame_timestamp"] for r in rows]), FPS)
@@ -115,7 +117,7 @@ def test_crops_match_the_rendered_box_of_the_nearest_frame(work: Path) -> None:
 
 
 def test_box_at_the_frame_corner_is_padded_black(work: Path) -> None:
-    images, keys = read_crops(work / "crops", "train")
+    images, keys = read_shards(work / "crops", "train", "image")
     corner = np.flatnonzero(np.array(keys["entity_id"].to_pylist()) == "vidA_0000_0030:5")
     assert corner.size == 21
     # box x 280..320, y 130..180 -> square of side 60 from x 270, y 126: 10 px right and 6 px below are outside.
@@ -168,7 +170,7 @@ def test_tiny_synthetic_data_set_crops_every_labelled_box(tiny_raw: Path, tmp_pa
         x1, y1, x2, y2 = (boxes[c].to_numpy() for c in ("x1", "y1", "x2", "y2"))
         labelled = np.array([i is not None for i in boxes["identity"].to_pylist()])
         degenerate = ((x2 - x1) * 256 < 1) | ((y2 - y1) * 144 < 1)
-        images, keys = read_crops(tmp_path / "crops", split)
+        images, keys = read_shards(tmp_path / "crops", split, "image")
         assert len(images) == int((labelled & ~degenerate).sum()) > 0
         assert images.shape[1:] == (64, 64, 3)
     assert metrics["skips"]["ambiguous"] > 0

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from apes_cli.main import app
 from stages.core.config import DownloadParams
 from stages.core.errors import DataError
-from stages.download import choose_videos, download
+from stages.download import choose_videos, run
 from stages.rawdata.annotations import iter_split, list_split_videos, read_manifest
 from stages.rawdata.http_fetch import DownloadError
 from stages.rawdata.layout import SPLITS, RawLayout
@@ -115,11 +115,11 @@ def test_full_download_gives_the_synth_layout_back_and_a_rerun_skips(
         tiny_raw: Path, mirror_root: Path, tmp_path: Path) -> None:
     layout = RawLayout(tmp_path / "raw")
     with Mirror(mirror_root) as mirror:
-        first = download(layout, settings(mirror, mirror_root))
-        second = download(layout, settings(mirror, mirror_root))
+        first = run(settings(mirror, mirror_root), layout.root)
+        second = run(settings(mirror, mirror_root), layout.root)
         corrupted = layout.videos_dir / first_train_video(mirror_root)
         corrupted.write_bytes(b"not the video")
-        third = download(layout, settings(mirror, mirror_root))
+        third = run(settings(mirror, mirror_root), layout.root)
     for split in SPLITS:
         expected = [(video_id, table) for video_id, _, table in iter_split(RawLayout(tiny_raw), split)]
         loaded = [(video_id, table) for video_id, _, table in iter_split(layout, split)]
@@ -144,7 +144,7 @@ def test_dropped_connection_resumes_with_range(mirror_root: Path, tmp_path: Path
     data = (mirror_root / path).read_bytes()
     layout = RawLayout(tmp_path / "raw")
     with Mirror(mirror_root, Faults(drop_half={path})) as mirror:
-        metrics = download(layout, settings(mirror, mirror_root))
+        metrics = run(settings(mirror, mirror_root), layout.root)
     gets = mirror.gets(path)
     assert [entry.status for entry in gets] == [200, 206]
     assert gets[1].range == f"bytes={len(data) // 2}-"
@@ -159,7 +159,7 @@ def test_leftover_part_file_continues_where_it_stopped(mirror_root: Path, tmp_pa
     layout.videos_dir.mkdir(parents=True)
     (layout.videos_dir / f"{video}.part").write_bytes(data[:1000])
     with Mirror(mirror_root) as mirror:
-        metrics = download(layout, settings(mirror, mirror_root))
+        metrics = run(settings(mirror, mirror_root), layout.root)
     assert mirror.gets(f"ava/trainval/{video}")[0].range == "bytes=1000-"
     assert (layout.videos_dir / video).read_bytes() == data
     assert metrics["resumed"] == 1
@@ -170,7 +170,7 @@ def test_server_ignoring_range_restarts_cleanly(mirror_root: Path, tmp_path: Pat
     path = f"ava/trainval/{video}"
     layout = RawLayout(tmp_path / "raw")
     with Mirror(mirror_root, Faults(drop_half={path}, ignore_range=True)) as mirror:
-        metrics = download(layout, settings(mirror, mirror_root))
+        metrics = run(settings(mirror, mirror_root), layout.root)
     assert [entry.status for entry in mirror.gets(path)] == [200, 200]
     assert (layout.videos_dir / video).read_bytes() == (mirror_root / path).read_bytes()
     assert metrics["restarted"] == 1 and metrics["resumed"] == 0
@@ -179,11 +179,11 @@ def test_server_ignoring_range_restarts_cleanly(mirror_root: Path, tmp_path: Pat
 def test_server_errors_are_retried_then_given_up(mirror_root: Path, tmp_path: Path) -> None:
     path = "apes/APES-val.csv"
     with Mirror(mirror_root, Faults(statuses={path: [503, 500]})) as mirror:
-        metrics = download(RawLayout(tmp_path / "ok"), settings(mirror, mirror_root))
+        metrics = run(settings(mirror, mirror_root), tmp_path / "ok")
     assert metrics["retries"] == 2
     with Mirror(mirror_root, Faults(statuses={path: [503, 503, 503]})) as mirror:
         with pytest.raises(DownloadError, match=r"APES-val\.csv: gave up after 2 retries: HTTP 503"):
-            download(RawLayout(tmp_path / "bad"), settings(mirror, mirror_root, retries=2))
+            run(settings(mirror, mirror_root, retries=2), tmp_path / "bad")
     assert len(mirror.gets(path)) == 3
 
 
@@ -197,7 +197,7 @@ def test_wrong_md5_is_rejected_and_no_file_is_left(mirror_root: Path, tmp_path: 
     (layout.videos_dir / video).write_bytes(b"a stale copy that does not match either")
     with Mirror(mirror_root) as mirror:
         with pytest.raises(DownloadError) as caught:
-            download(layout, settings(mirror, mirror_root))
+            run(settings(mirror, mirror_root), layout.root)
     message = str(caught.value)
     assert video in message and "0" * 32 in message and actual in message
     assert not (layout.videos_dir / video).exists()
@@ -240,7 +240,7 @@ def test_unsafe_archive_member_is_refused_and_nothing_lands_outside(
     layout = RawLayout(tmp_path / "raw")
     with Mirror(mirror_root) as mirror:
         with pytest.raises(DataError, match="refused archive member") as caught:
-            download(layout, settings(mirror, mirror_root))
+            run(settings(mirror, mirror_root), layout.root)
     assert repr(bad_name) in str(caught.value)
     assert list(outside.iterdir()) == []
     assert list(tmp_path.rglob("*activespeaker.csv")) == []

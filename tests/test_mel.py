@@ -14,11 +14,21 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import torchaudio
-from media_data import BOX_RATE, SAMPLE_WAV, cli, leftovers, rttm_turns, standard_videos, write_params, write_raw
+from media_data import (
+    BOX_RATE,
+    SAMPLE_WAV,
+    cli,
+    leftovers,
+    read_shards,
+    rttm_turns,
+    standard_videos,
+    write_params,
+    write_raw,
+)
 
 from stages.core.config import MelParams
 from stages.media.audio_features import LogMel, log_mel_at, log_mel_batches, snippet_frames, snippet_samples
-from stages.media.shards import metadata, read_mels
+from stages.media.shards import metadata
 from stages.media.video_io import read_wav
 from stages.mel import Segment, snippet_starts, speech_segments
 from stages.rawdata.annotations import load_split
@@ -131,19 +141,19 @@ def expected_snippets() -> set[tuple[str, str, float]]:
 
 
 def test_mel_rows_line_up_with_the_speech_turns(work: Path) -> None:
-    mels, keys = read_mels(work / "mels", "train")
+    mels, keys = read_shards(work / "mels", "train", "mel")
     rows = {(e, i, round(s, 3)) for e, i, s in zip(keys["entity_id"].to_pylist(), keys["identity"].to_pylist(),
                                                     keys["start"].to_pylist())}
     assert len(rows) == keys.num_rows == len(mels)
     assert rows == expected_snippets()
     assert set(keys["label"].to_pylist()) == {"SPEAKING_AUDIBLE"}
     assert json.loads((work / "mel.json").read_text())["snippets"] == keys.num_rows
-    val, _ = read_mels(work / "mels", "val")
+    val, _ = read_shards(work / "mels", "val", "mel")
     assert val.shape == (0, 64, 46)  # vidB's 1-3 s hold no speech turn
 
 
 def test_mel_values_are_the_decoded_audio_under_each_snippet(work: Path) -> None:
-    mels, keys = read_mels(work / "mels", "train")
+    mels, keys = read_shards(work / "mels", "train", "mel")
     meta = metadata(pq.read_schema(work / "mels" / "train" / "vidA.parquet"))
     assert (int(meta["n_mels"]), int(meta["frames"]), int(meta["sample_rate"])) == (64, 46, 16000)
     audio, rate = read_wav(work / "decoded" / "audio" / "train" / "vidA.wav")
@@ -189,6 +199,6 @@ def test_every_seen_and_heard_track_of_the_tiny_data_set_gets_snippets(tiny_raw:
         heard = {(e, i) for e, i, label in zip(boxes["entity_id"].to_pylist(), boxes["identity"].to_pylist(),
                                                boxes["label"].to_pylist())
                  if i is not None and label == "SPEAKING_AUDIBLE"}
-        mels, keys = read_mels(tmp_path / "mels", split)
+        mels, keys = read_shards(tmp_path / "mels", split, "mel")
         assert set(zip(keys["entity_id"].to_pylist(), keys["identity"].to_pylist())) == heard
         assert len(heard) > 0 and np.isfinite(mels).all()

@@ -32,11 +32,12 @@ def _write(directory: Path, name: str, payload: dict) -> None:
 
 
 def _invoke(metrics_dir: Path, tmp_path: Path, *extra: str):
-    result = runner.invoke(app, ["report", "--eval-dir", str(metrics_dir), "--out-dir", str(metrics_dir),
+    result = runner.invoke(app, ["report", "--eval-dir", str(metrics_dir), "--out", str(metrics_dir),
+                                 "--metrics", str(metrics_dir / "report.json"),
                                  "--crops-dir", str(tmp_path / "crops"), *extra])
     assert result.exit_code == 0, result.output
     return (json.loads((metrics_dir / "benchmark.json").read_text()),
-            (metrics_dir / "benchmark.md").read_text(), json.loads(result.output.strip().splitlines()[-1]))
+            (metrics_dir / "benchmark.md").read_text(), json.loads((metrics_dir / "report.json").read_text()))
 
 
 def _row(report: dict, task: str, key: str) -> dict:
@@ -85,7 +86,8 @@ def test_corrupt_metrics_file_is_an_error_naming_the_field(tmp_path):
     bad = _metrics(0.0, method="trained", modality="face", sampling="weak", task="seen", seed=0)
     bad["mAP"] = "NaN"
     _write(metrics, "eval_face_weak_seen.json", bad)
-    result = runner.invoke(app, ["report", "--eval-dir", str(metrics), "--out-dir", str(metrics)])
+    result = runner.invoke(app, ["report", "--eval-dir", str(metrics), "--out", str(metrics),
+                                 "--metrics", str(metrics / "report.json")])
     assert result.exit_code == 2
     assert "eval_face_weak_seen.json" in result.output and "'mAP'" in result.output
     assert not (metrics / "benchmark.md").exists()

@@ -22,7 +22,7 @@ from stages.core.config import SynthParams, params_from_dict
 from stages.core.errors import ConfigError
 from stages.rawdata.annotations import iter_split, list_split_videos, read_apes_csv, read_ava_csv, read_manifest
 from stages.rawdata.layout import AMBIGUOUS, SPLITS, RawLayout
-from stages.synth import _job, parts_dir, synthesize
+from stages.synth import _job, parts_dir, run
 from stages.synthetic import faces, synth_video, voices
 
 MICRO = SynthParams(train_videos=1, val_videos=1, shots_per_video=4, shot_seconds=(1.0, 1.2), intro_seconds=0.3,
@@ -140,7 +140,7 @@ def test_statistics_agree_with_the_files(tiny_raw: Path, tiny_synth_params: Synt
 
 
 def _micro_run(root: Path, seed: int, p: SynthParams = MICRO) -> dict[str, str]:
-    synthesize(p, seed, root / "raw", root / "synth.json")
+    run(p, seed, root / "raw")
     return _tree_digest(root / "raw")
 
 
@@ -159,11 +159,11 @@ def test_a_killed_run_resumes_from_finished_videos(tmp_path: Path) -> None:
     parts = parts_dir(raw, 5, MICRO)
     parts.mkdir(parents=True)
     _job(5, "train", 0, MICRO, parts)                    # as if killed after the first video
-    metrics = synthesize(MICRO, 5, raw, None)
+    metrics = run(MICRO, 5, raw)
     assert metrics["resumed_videos"] == 1
     assert _tree_digest(raw) == fresh
     assert not parts.exists()
-    again = synthesize(MICRO, 5, raw, None)              # re-running over a finished layout is safe
+    again = run(MICRO, 5, raw)              # re-running over a finished layout is safe
     assert again["resumed_videos"] == 0 and _tree_digest(raw) == fresh
 
 

@@ -8,17 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from apes_cli.common import (
-    Bar,
-    ParamsOption,
-    SplitOption,
-    check_splits,
-    check_workers,
-    friendly_errors,
-    print_metrics,
-    read_params,
-)
-from stages.core.atomic import write_json
+from apes_cli.common import Bar, ParamsOption, SplitOption, chosen_splits, friendly_errors, read_params, report_metrics
 
 NAME = "crop"
 HELP = ("Decode the planned frames with ffmpeg (seeking to the annotated windows) and cut every labelled, "
@@ -37,23 +27,21 @@ def command(
     size: Annotated[Optional[int], typer.Option(
         "--size", help="Crop side in pixels (paper 124). Default: crop.size.")] = None,
     workers: Annotated[Optional[int], typer.Option(
-        "--workers", help="Videos processed in parallel (0 = one per core). Default: crop.workers.")] = None,
+        "--workers", min=0, help="Videos processed in parallel (0 = one per core). Default: crop.workers.")] = None,
     split: SplitOption = None,
     metrics: Annotated[Path, typer.Option("--metrics", help="Where to write the stage metrics (JSON).")] = Path(
         "metrics/crop.json"),
 ) -> None:
     """Cut face crops for every planned video."""
-    from stages.crop import crop  # imported here so `apes-cli --help` starts without torch
+    from stages import crop  # imported here so `apes-cli --help` starts without torch
     loaded = read_params(params)
-    check_workers(workers)
     overrides = {k: v for k, v in (("workers", workers), ("size", size)) if v is not None}
     settings = dataclasses.replace(loaded.crop, **overrides)
     settings.validate("crop")
     bar = Bar()
     try:
-        result = crop(raw if raw is not None else Path(loaded.data.raw_dir), decoded, out, settings,
-                      check_splits(split), bar)
+        result = crop.run(settings, raw if raw is not None else Path(loaded.data.raw_dir), decoded, out,
+                          chosen_splits(split), bar)
     finally:
         bar.close()
-    write_json(metrics, result)
-    print_metrics(result)
+    report_metrics(result, metrics)

@@ -8,23 +8,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from apes_cli.common import (
-    Bar,
-    ParamsOption,
-    SplitOption,
-    check_splits,
-    check_workers,
-    friendly_errors,
-    print_metrics,
-    read_params,
-)
-from stages.core.atomic import write_json
+from apes_cli.common import Bar, ParamsOption, SplitOption, chosen_splits, friendly_errors, read_params, report_metrics
 
 NAME = "decode"
 HELP = ("Per video: check the annotations, map every annotated timestamp to its nearest frame (ffmpeg "
         "probe) and extract the annotated window's audio as 16 kHz mono WAV, seeking instead of decoding "
         "whole movies. Writes <out>/plan/<split>/<video_id>.parquet and <out>/audio/<split>/<video_id>.wav; "
         "videos already done are skipped (resumable). See docs/media.md.")
+
 
 @friendly_errors
 def command(
@@ -34,21 +25,19 @@ def command(
     out: Annotated[Path, typer.Option("--out", help="Output folder for frame plans and audio.")] = Path(
         "data/decoded"),
     workers: Annotated[Optional[int], typer.Option(
-        "--workers", help="Videos processed in parallel (0 = one per core). Default: decode.workers.")] = None,
+        "--workers", min=0, help="Videos processed in parallel (0 = one per core). Default: decode.workers.")] = None,
     split: SplitOption = None,
     metrics: Annotated[Path, typer.Option("--metrics", help="Where to write the stage metrics (JSON).")] = Path(
         "metrics/decode.json"),
 ) -> None:
     """Plan frames and extract audio for every annotated video."""
-    from stages.decode import decode  # imported here so `apes-cli --help` starts without torch
+    from stages import decode  # imported here so `apes-cli --help` starts without torch
     loaded = read_params(params)
-    check_workers(workers)
     settings = loaded.decode if workers is None else dataclasses.replace(loaded.decode, workers=workers)
     bar = Bar()
     try:
-        result = decode(raw if raw is not None else Path(loaded.data.raw_dir), out, settings, check_splits(split),
-                        bar)
+        result = decode.run(settings, raw if raw is not None else Path(loaded.data.raw_dir), out,
+                            chosen_splits(split), bar)
     finally:
         bar.close()
-    write_json(metrics, result)
-    print_metrics(result)
+    report_metrics(result, metrics)

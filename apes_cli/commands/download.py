@@ -10,9 +10,7 @@ from typing import Annotated, Optional
 import typer
 from tqdm import tqdm
 
-from apes_cli.common import Bar, ParamsOption, friendly_errors, print_metrics, read_params
-from stages.core.atomic import write_json
-from stages.rawdata.layout import RawLayout
+from apes_cli.common import Bar, ParamsOption, friendly_errors, read_params, report_metrics
 
 NAME = "download"
 HELP = (
@@ -33,7 +31,7 @@ class ByteBar(Bar):
 
 @friendly_errors
 def command(
-    params_path: ParamsOption = Path("params.yaml"),
+    params: ParamsOption = Path("params.yaml"),
     out: Annotated[Optional[Path], typer.Option(
         "--out", help="Raw layout directory to fill (default: data.raw_dir from params).")] = None,
     base_url: Annotated[Optional[str], typer.Option(
@@ -50,15 +48,14 @@ def command(
         "--metrics", help="Where to write the stage metrics (JSON).")] = Path("metrics/download.json"),
 ) -> None:
     """Download AVA + APES into the raw layout."""
-    from stages.download import download  # imported here so `apes-cli --help` starts without torch
-    params = read_params(params_path)
+    from stages import download  # imported here so `apes-cli --help` starts without torch
+    loaded = read_params(params)
     overrides = {"base_url": base_url, "apes_url": apes_url, "limit": limit, "workers": workers}
-    settings = dataclasses.replace(params.download, **{k: v for k, v in overrides.items() if v is not None})
+    settings = dataclasses.replace(loaded.download, **{k: v for k, v in overrides.items() if v is not None})
     settings.validate("download")
     bar = ByteBar()
     try:
-        result = download(RawLayout(out or Path(params.data.raw_dir)), settings, progress=bar)
+        result = download.run(settings, out if out is not None else Path(loaded.data.raw_dir), bar)
     finally:
         bar.close()
-    write_json(metrics, result)
-    print_metrics(result)
+    report_metrics(result, metrics)

@@ -8,17 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from apes_cli.common import (
-    Bar,
-    ParamsOption,
-    SplitOption,
-    check_splits,
-    check_workers,
-    friendly_errors,
-    print_metrics,
-    read_params,
-)
-from stages.core.atomic import write_json
+from apes_cli.common import Bar, ParamsOption, SplitOption, chosen_splits, friendly_errors, read_params, report_metrics
 
 NAME = "mel"
 HELP = ("For each labelled face track, cut mel.snippet_seconds snippets of the decoded 16 kHz audio under its "
@@ -33,20 +23,18 @@ def command(
     decoded: Annotated[Path, typer.Option("--decoded", help="Output folder of `decode`.")] = Path("data/decoded"),
     out: Annotated[Path, typer.Option("--out", help="Output folder for mel shards.")] = Path("data/mels"),
     workers: Annotated[Optional[int], typer.Option(
-        "--workers", help="Videos processed in parallel (0 = one per core). Default: mel.workers.")] = None,
+        "--workers", min=0, help="Videos processed in parallel (0 = one per core). Default: mel.workers.")] = None,
     split: SplitOption = None,
     metrics: Annotated[Path, typer.Option("--metrics", help="Where to write the stage metrics (JSON).")] = Path(
         "metrics/mel.json"),
 ) -> None:
     """Compute voice snippet log-mels for every decoded video."""
-    from stages.mel import mel  # imported here so `apes-cli --help` starts without torch
+    from stages import mel  # imported here so `apes-cli --help` starts without torch
     loaded = read_params(params)
-    check_workers(workers)
     settings = loaded.mel if workers is None else dataclasses.replace(loaded.mel, workers=workers)
     bar = Bar()
     try:
-        result = mel(decoded, out, settings, check_splits(split), bar)
+        result = mel.run(settings, decoded, out, chosen_splits(split), bar)
     finally:
         bar.close()
-    write_json(metrics, result)
-    print_metrics(result)
+    report_metrics(result, metrics)

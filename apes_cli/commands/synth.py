@@ -8,8 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from apes_cli.common import Bar, ParamsOption, friendly_errors, print_metrics, read_params
-from stages.core.errors import ConfigError
+from apes_cli.common import Bar, ParamsOption, friendly_errors, read_params, report_metrics
 
 NAME = "synth"
 HELP = ("Generate the embedded mini-APES: untrimmed mp4 videos (procedural faces, espeak-ng voices, music "
@@ -25,22 +24,18 @@ def command(
     seed: Annotated[Optional[int], typer.Option(
         "--seed", help="Random seed of the generator. Default: `seed` from params.")] = None,
     workers: Annotated[Optional[int], typer.Option(
-        "--workers", help="Videos rendered in parallel (0 = one per core). Default: synth.workers.")] = None,
+        "--workers", min=0, help="Videos rendered in parallel (0 = one per core). Default: synth.workers.")] = None,
     metrics: Annotated[Path, typer.Option(
         "--metrics", help="Where to write the data set statistics (JSON).")] = Path("metrics/synth.json"),
 ) -> None:
     """Generate the embedded data set."""
-    from stages.synth import synthesize  # imported here so `apes-cli --help` starts without torch
+    from stages import synth  # imported here so `apes-cli --help` starts without torch
     loaded = read_params(params)
-    synth = loaded.synth
-    if workers is not None:
-        if workers < 0:
-            raise ConfigError("--workers", "expected >= 0 (0 = one per core)")
-        synth = dataclasses.replace(synth, workers=workers)
+    settings = loaded.synth if workers is None else dataclasses.replace(loaded.synth, workers=workers)
     bar = Bar()
     try:
-        result = synthesize(synth, loaded.seed if seed is None else seed,
-                            out if out is not None else Path(loaded.data.raw_dir), metrics, bar)
+        result = synth.run(settings, loaded.seed if seed is None else seed,
+                           out if out is not None else Path(loaded.data.raw_dir), bar)
     finally:
         bar.close()
-    print_metrics(result)
+    report_metrics(result, metrics)

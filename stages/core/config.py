@@ -17,6 +17,7 @@ from stages.core.errors import ConfigError
 TASKS = ("seen_heard", "seen")
 STRATEGIES = ("weak", "within", "across")
 MODALITIES = ("face", "voice", "crossmodal")
+SOURCES = ("synth", "download")   # data.source: the `apes-cli` command that fills the raw layout
 
 
 def _check(cond: bool, key: str, message: str) -> None:
@@ -32,7 +33,7 @@ class DataParams:
     raw_dir: str = "data/raw"
 
     def validate(self, key: str) -> None:
-        _check(self.source in ("synth", "download"), f"{key}.source", "expected 'synth' or 'download'")
+        _check(self.source in SOURCES, f"{key}.source", f"expected one of {', '.join(SOURCES)}")
 
 
 @dataclass(frozen=True)
@@ -375,5 +376,5 @@ def with_overrides(params: Params, **sections: Any) -> Params:
 
 __all__ = [
     "Params", "load_params", "params_from_dict", "with_overrides",
-    "TASKS", "STRATEGIES", "MODALITIES",
+    "TASKS", "STRATEGIES", "MODALITIES", "SOURCES",
 ]

@@ -1,4 +1,4 @@
-"""Per-video Parquet shards of crops and mels: readers for downstream stages, and the shared write/resume rules.
+"""Per-video Parquet shards of crops and mels: paths, the shared write/resume rules, and binary columns to arrays.
 
 Layout: <dir>/<split>/<video_id>.parquet, one shard per video, written atomically. Shape metadata lives
 in each shard's schema metadata (docs/media.md):
@@ -9,7 +9,6 @@ in each shard's schema metadata (docs/media.md):
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -130,59 +129,3 @@ def binary_to_array(column: pa.ChunkedArray | pa.Array, shape: tuple[int, ...], 
     if not parts:
         return np.empty((0, *shape), dtype)
     return parts[0].copy() if len(parts) == 1 else np.concatenate(parts)
-
-
-def _read(directory: str | Path, split: str, column: str, shape_of) -> tuple[np.ndarray, pa.Table]:
-    arrays, keys = [], []
-    shape: tuple[int, ...] | None = None
-    dtype = None
-    for path in shard_paths(directory, split):
-        table = pq.read_table(path)
-        this_shape, this_dtype = shape_of(metadata(table.schema), path)
-        if shape is not None and this_shape != shape:
-            raise DataError(path, f"shape {this_shape} differs from the other shards' {shape}")
-        shape, dtype = this_shape, this_dtype
-        arrays.append(binary_to_array(table[column], this_shape, this_dtype, path))
-        keys.append(table.drop_columns([column]).replace_schema_metadata(None))
-    if shape is None:
-        raise DataError(Path(directory) / split, "no shards")
-    return np.concatenate(arrays), pa.concat_tables(keys)
-
-
-def _crop_shape(meta: dict[str, str], path: Path) -> tuple[tuple[int, ...], Any]:
-    if "crop_size" not in meta:
-        raise DataError(path, "missing crop_size in the schema metadata (not written by `apes-cli crop`?)")
-    size = int(meta["crop_size"])
-    return (size, size, 3), np.uint8
-
-
-def _mel_shape(meta: dict[str, str], path: Path) -> tuple[tuple[int, ...], Any]:
-    if "n_mels" not in meta or "frames" not in meta:
-        raise DataError(path, "missing n_mels/frames in the schema metadata (not written by `apes-cli mel`?)")
-    return (int(meta["n_mels"]), int(meta["frames"])), np.float32
-
-
-def read_crops(directory: str | Path, split: str) -> tuple[np.ndarray, pa.Table]:
-    """All crops of a split: uint8 (N, size, size, 3) RGB and a table of the other columns, row-aligned."""
-    return _read(directory, split, "image", _crop_shape)
-
-
-def read_mels(directory: str | Path, split: str) -> tuple[np.ndarray, pa.Table]:
-    """All snippets of a split: float32 (N, n_mels, frames) log-mels and a table of the other columns."""
-    return _read(directory, split, "mel", _mel_shape)
-
-
-def iter_crops(directory: str | Path, split: str) -> Iterator[tuple[np.ndarray, pa.Table]]:
-    """Like read_crops, one video at a time (memory stays flat)."""
-    for path in shard_paths(directory, split):
-        table = pq.read_table(path)
-        shape, dtype = _crop_shape(metadata(table.schema), path)
-        yield binary_to_array(table["image"], shape, dtype, path), table.drop_columns(["image"])
-
-
-def iter_mels(directory: str | Path, split: str) -> Iterator[tuple[np.ndarray, pa.Table]]:
-    """Like read_mels, one video at a time."""
-    for path in shard_paths(directory, split):
-        table = pq.read_table(path)
-        shape, dtype = _mel_shape(metadata(table.schema), path)
-        yield binary_to_array(table["mel"], shape, dtype, path), table.drop_columns(["mel"])
