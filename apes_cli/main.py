@@ -7,6 +7,8 @@ from typing import Annotated
 import typer
 
 from apes_cli.commands import crop, decode, download, evaluate, mel, report, synth, train, triplets
+from apes_cli.commands import index as index_command
+from apes_cli.commands import search as search_command
 from stages import __version__
 
 app = typer.Typer(
@@ -39,4 +41,8 @@ def main(
 
 
 for module in (synth, download, decode, crop, mel, triplets, train, evaluate, report):
+    app.command(module.NAME, help=module.HELP)(module.command)
+
+# Person search in any footage (docs/search.md): not pipeline stages.
+for module in (index_command, search_command):
     app.command(module.NAME, help=module.HELP)(module.command)

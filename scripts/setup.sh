@@ -13,6 +13,10 @@ if [ ! -f "$stamp" ]; then
     .venv/bin/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1 torchaudio==2.11.0 \
         2>&1 | grep -v "^WARNING: Location" || true
     .venv/bin/python -m pip install --quiet -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+    # Resemblyzer (speaker embeddings for `apes-cli search`) without its declared deps: they would compile
+    # webrtcvad and fetch the Python-2 `typing` backport; pyproject.toml lists what it really needs.
+    .venv/bin/python -m pip install --quiet --no-deps resemblyzer==0.1.4 2>&1 | grep -v "^WARNING: Location" || true
+    .venv/bin/python -c "import dlib, resemblyzer, silero_vad, webrtcvad"
     .venv/bin/python -c "import torch, torchvision, torchaudio, dvc, typer, apes_cli, stages" 
     rm -f .venv/.apes-setup-* && touch "$stamp"
 fi

@@ -1,0 +1,80 @@
+"""apes-cli search: find a person in videos by a face photo, a voice clip, or both."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from apes_cli.commands.index import (ChipsOption, DetectHeightOption, FaceRateOption, IndexDirOption, ModelOption,
+                                     UpsampleOption, VideosArgument, WorkersOption, settings_from, worker_count)
+from apes_cli.common import Bar, friendly_errors
+
+NAME = "search"
+HELP = ("Find every moment a person is on screen (--face PHOTO) or heard (--voice CLIP), or on screen and "
+        "heard (both), in one or more videos. Indexes each video once (see `apes-cli index`; later queries "
+        "reuse the index and take under a second). Writes OUT/results.json (query, videos, hits sorted by "
+        "score, each with video, start, end, score, match, modality, track) and OUT/results.html (a page "
+        "with thumbnails that opens offline; each time links to VIDEO#t=START), and prints the matches. "
+        "Thresholds and how they were chosen: docs/search.md.")
+
+
+def _table(results: dict) -> str:
+    matches = [hit for hit in results["hits"] if hit["match"]]
+    if not matches:
+        return "no match (the best scores are in results.json and results.html)"
+    lines = [f"{'video':<28} {'start':>8} {'end':>8} {'modality':<8} {'score':>6}  track"]
+    for hit in matches:
+        lines.append(f"{Path(hit['video']).name[-28:]:<28} {hit['start']:>8.2f} {hit['end']:>8.2f} "
+                     f"{hit['modality']:<8} {hit['score']:>6.3f}  {hit['track']}")
+    return "\n".join(lines)
+
+
+@friendly_errors
+def command(
+    videos: VideosArgument,
+    face: Annotated[Optional[Path], typer.Option(
+        "--face", help="Photo of the person's face (JPEG, PNG, ...). With several faces the largest is used "
+                       "(and named) unless --face-index says otherwise.")] = None,
+    voice: Annotated[Optional[Path], typer.Option(
+        "--voice", help="Recording of the person's voice, any format ffmpeg reads (3 s of speech or more "
+                        "is best).")] = None,
+    face_index: Annotated[Optional[int], typer.Option(
+        "--face-index", help="Which face of the photo, 1-based, numbered left to right.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder for results.json and results.html.")] = Path(
+        "search-results"),
+    top: Annotated[int, typer.Option("--top", help="Hits kept in the results (best scores first).")] = 100,
+    threshold: Annotated[Optional[float], typer.Option(
+        "--threshold", help="Score at or above which a hit is a match, for every queried modality "
+                            "(default: face 0.45 = dlib distance 0.55, voice 0.75 cosine).")] = None,
+    face_threshold: Annotated[Optional[float], typer.Option(
+        "--face-threshold", help="Match threshold of face scores only (overrides --threshold).")] = None,
+    voice_threshold: Annotated[Optional[float], typer.Option(
+        "--voice-threshold", help="Match threshold of voice scores only (overrides --threshold).")] = None,
+    index_dir: IndexDirOption = Path(".apes-index"),
+    face_rate: FaceRateOption = 3.0,
+    detect_height: DetectHeightOption = 540,
+    upsample: UpsampleOption = 0,
+    chips_per_track: ChipsOption = 3,
+    model: ModelOption = None,
+    workers: WorkersOption = 1,
+) -> None:
+    """Search videos for a person."""
+    from stages.search import search  # imported here so `apes-cli --help` starts fast
+    settings = settings_from(face_rate, detect_height, upsample, chips_per_track, model)
+    notes: list[str] = []
+    bar = Bar()
+    try:
+        results = search(videos, out, settings, index_dir, face=face, voice=voice, face_index=face_index, top=top,
+                         face_threshold=face_threshold if face_threshold is not None else threshold,
+                         voice_threshold=voice_threshold if voice_threshold is not None else threshold,
+                         workers=worker_count(workers), progress=bar, notes=notes)
+    finally:
+        bar.close()
+    for note in notes:
+        typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
+    typer.echo(_table(results))
+    summary = results["summary"]
+    typer.echo(f"{summary['matches']} match(es); query {summary['query_seconds']:.2f} s; "
+               f"results in {out / 'results.json'} and {out / 'results.html'}", err=True)

@@ -1,0 +1,88 @@
+"""Face detection on real frames: dlib's HOG detector and its 5-point landmark model.
+
+The weights come from the `face_recognition_models` package (installed from PyPI; nothing is downloaded
+at run time). Only the 5-point landmark model is used: the 68-point one was trained on a data set that
+restricts commercial use (docs/search.md).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from stages.core.errors import ApesError
+
+FIVE_POINT = "shape_predictor_5_face_landmarks.dat"
+RESNET = "dlib_face_recognition_resnet_model_v1.dat"
+
+
+class MissingModel(ApesError):
+    """A model package is not installed."""
+
+
+def model_file(name: str) -> Path:
+    """Path of a model file inside the installed face_recognition_models package (never imported: its
+    __init__ needs pkg_resources, which recent setuptools no longer ship)."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingModel("face_recognition_models is not installed: run `bash scripts/setup.sh`")
+    path = Path(next(iter(spec.submodule_search_locations))) / "models" / name
+    if not path.is_file():
+        raise MissingModel(f"{path}: model file missing from face_recognition_models; reinstall it")
+    return path
+
+
+@lru_cache(maxsize=1)
+def _dlib_models():
+    import dlib
+    return dlib.get_frontal_face_detector(), dlib.shape_predictor(str(model_file(FIVE_POINT)))
+
+
+@dataclass
+class Face:
+    """One detected face in an analysis frame: box in pixels, detector score, 5 landmarks."""
+
+    box: np.ndarray        # x1, y1, x2, y2 (pixels of the frame it was found in)
+    score: float
+    shape: object          # dlib.full_object_detection (5 points)
+
+
+def detect_faces(rgb: np.ndarray, upsample: int = 0, min_score: float = 0.0) -> list[Face]:
+    """Frontal faces in an RGB uint8 image, best score first."""
+    import dlib
+    detector, predictor = _dlib_models()
+    image = np.ascontiguousarray(rgb)
+    rects, scores, _ = detector.run(image, upsample, min_score)
+    faces = []
+    for rect, score in zip(rects, scores):
+        box = np.array([rect.left(), rect.top(), rect.right() + 1, rect.bottom() + 1], np.float32)
+        shape = predictor(image, dlib.rectangle(rect.left(), rect.top(), rect.right(), rect.bottom()))
+        faces.append(Face(box, float(score), shape))
+    faces.sort(key=lambda face: -face.score)
+    return faces
+
+
+def face_chip(rgb: np.ndarray, face: Face, size: int = 150, padding: float = 0.25) -> np.ndarray:
+    """The face aligned by its landmarks (dlib's chip: what the ResNet descriptor expects)."""
+    import dlib
+    return np.asarray(dlib.get_face_chip(np.ascontiguousarray(rgb), face.shape, size=size, padding=padding))
+
+
+def square_crop(rgb: np.ndarray, box: np.ndarray, size: int, margin: float = 0.2) -> np.ndarray:
+    """The box squared around its centre with a margin, edge-padded, resized to size x size."""
+    import cv2
+    height, width = rgb.shape[:2]
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    side = max(2, int(round(max(box[2] - box[0], box[3] - box[1]) * (1 + 2 * margin))))
+    left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
+    pad = max(0, -left, -top, left + side - width, top + side - height)
+    if pad:
+        rgb = np.pad(rgb, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+        left, top = left + pad, top + pad
+    square = rgb[top:top + side, left:left + side]
+    interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
+    return np.ascontiguousarray(cv2.resize(square, (size, size), interpolation=interpolation))

@@ -1,0 +1,233 @@
+"""Voice: voice activity (Silero VAD), speaker-change splitting and speaker embeddings (Resemblyzer).
+
+Both models ship inside their PyPI packages (silero-vad: MIT; Resemblyzer: Apache-2.0). Audio is read as
+16 kHz mono in blocks of BLOCK_SECONDS through ffmpeg, so memory does not grow with the video's length
+(a speech region still open at the end of a block is carried into the next one).
+
+A speech region is split where the voice changes: the 1.6 s window ending at a point and the one starting
+there are compared (cosine of their embeddings, every 0.2 s) and a local minimum under CHANGE_SIMILARITY
+is a boundary; a boundary within SNAP_SECONDS of a shot cut moves onto the cut. Each resulting segment
+gets its own embedding: the mean of 1.6 s windows over it (hop 0.8 s), renormalised.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from stages.core.errors import DataError
+from stages.media.video_io import VideoInfo, ffmpeg_exe
+
+SAMPLE_RATE = 16000
+BLOCK_SECONDS = 60.0
+MAX_CARRY_SECONDS = 180.0
+WINDOW = 160                # mel frames (10 ms) per Resemblyzer window: 1.6 s
+CHANGE_HOP = 20             # 0.2 s between the windows compared for speaker changes
+EMBED_HOP = 80              # 0.8 s between the windows averaged into a segment embedding
+CHANGE_SIMILARITY = 0.70    # below this, the voices either side of a point differ
+CUT_CHANGE_SIMILARITY = 0.80  # at a shot cut inside speech, a looser test
+SNAP_SECONDS = 0.5
+MIN_SEGMENT = 0.8           # no two boundaries closer than this (seconds)
+
+
+@dataclass
+class Segment:
+    """One stretch of one voice: seconds from the video start, and its embedding (256-d, unit length)."""
+
+    start: float
+    end: float
+    embedding: np.ndarray
+
+
+@lru_cache(maxsize=1)
+def _vad_model():
+    from silero_vad import load_silero_vad
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load_silero_vad()
+
+
+@lru_cache(maxsize=1)
+def _encoder():
+    from resemblyzer import VoiceEncoder
+    return VoiceEncoder("cpu", verbose=False)
+
+
+def speech_regions(audio: np.ndarray) -> list[tuple[int, int]]:
+    """(start, end) sample indices of speech in 16 kHz float audio."""
+    import torch
+    from silero_vad import get_speech_timestamps
+    if audio.size < SAMPLE_RATE // 10:
+        return []
+    stamps = get_speech_timestamps(torch.from_numpy(np.ascontiguousarray(audio, np.float32)), _vad_model(),
+                                   sampling_rate=SAMPLE_RATE, threshold=0.5, min_speech_duration_ms=250,
+                                   min_silence_duration_ms=200, speech_pad_ms=30)
+    return [(int(s["start"]), int(s["end"])) for s in stamps]
+
+
+def _mel(audio: np.ndarray) -> np.ndarray:
+    from resemblyzer.audio import wav_to_mel_spectrogram
+    audio = np.asarray(audio, np.float32)
+    rms = float(np.sqrt(np.mean(np.square(audio)))) if audio.size else 0.0
+    if 1e-5 < rms < 10 ** (-30 / 20):  # Resemblyzer's volume normalisation: raise quiet speech to -30 dBFS
+        audio = audio * (10 ** (-30 / 20) / rms)
+    if audio.size < WINDOW * 160:  # pad a short clip to one window, as Resemblyzer does
+        audio = np.pad(audio, (0, WINDOW * 160 - audio.size))
+    return wav_to_mel_spectrogram(audio).astype(np.float32)
+
+
+def _windows(mel: np.ndarray, hop: int) -> tuple[np.ndarray, np.ndarray]:
+    """Start frames and unit embeddings of every 1.6 s window at `hop` (the last window flush right)."""
+    import torch
+    starts = list(range(0, max(1, mel.shape[0] - WINDOW + 1), hop))
+    if starts[-1] + WINDOW < mel.shape[0]:
+        starts.append(mel.shape[0] - WINDOW)
+    batch = np.stack([mel[s:s + WINDOW] for s in starts])
+    with torch.inference_mode():
+        out = _encoder()(torch.from_numpy(batch)).numpy()
+    return np.asarray(starts), out.astype(np.float32)
+
+
+def embed_audio(audio: np.ndarray) -> np.ndarray:
+    """One unit 256-d voice embedding of a stretch of speech."""
+    _, embeddings = _windows(_mel(audio), EMBED_HOP)
+    mean = embeddings.mean(axis=0)
+    return mean / max(float(np.linalg.norm(mean)), 1e-9)
+
+
+def _boundaries(similarity: np.ndarray, times: np.ndarray, limit: float) -> list[float]:
+    order = np.argsort(similarity)
+    chosen: list[float] = []
+    for i in order:
+        if similarity[i] >= limit:
+            break
+        left = similarity[i - 1] if i > 0 else np.inf
+        right = similarity[i + 1] if i + 1 < len(similarity) else np.inf
+        if similarity[i] <= left and similarity[i] <= right and all(abs(times[i] - c) >= MIN_SEGMENT for c in chosen):
+            chosen.append(float(times[i]))
+    return sorted(chosen)
+
+
+def split_region(audio: np.ndarray, offset: float, cuts: np.ndarray) -> list[tuple[float, float]]:
+    """Cut one speech region (audio starting at `offset` s) where the voice changes; absolute seconds."""
+    duration = audio.size / SAMPLE_RATE
+    end = offset + duration
+    if duration < 2 * WINDOW / 100:
+        return [(offset, end)]
+    mel = _mel(audio)
+    starts, embeddings = _windows(mel, CHANGE_HOP)
+    by_start = {int(s): e for s, e in zip(starts, embeddings)}
+    points, similarity = [], []
+    for frame in range(WINDOW, mel.shape[0] - WINDOW + 1, CHANGE_HOP):
+        if frame - WINDOW in by_start and frame in by_start:
+            points.append(frame / 100)
+            similarity.append(float(by_start[frame - WINDOW] @ by_start[frame]))
+    found = _boundaries(np.asarray(similarity), np.asarray(points), CHANGE_SIMILARITY) if points else []
+    inner = [float(c) - offset for c in cuts if offset + 1.0 < c < end - 1.0]
+    snapped = []
+    for point in found:
+        near = [c for c in inner if abs(c - point) <= SNAP_SECONDS]
+        snapped.append(min(near, key=lambda c: abs(c - point)) if near else point)
+    for cut in inner:  # a cut inside speech that no change point reached: test it directly
+        if any(abs(cut - p) < 1e-6 for p in snapped):
+            continue
+        frame = int(round(cut * 100))
+        lo, hi = max(0, frame - WINDOW), min(mel.shape[0], frame + WINDOW)
+        if frame - lo >= WINDOW // 2 and hi - frame >= WINDOW // 2:
+            a = embed_audio(audio[lo * 160:frame * 160])
+            b = embed_audio(audio[frame * 160:hi * 160])
+            if float(a @ b) < CUT_CHANGE_SIMILARITY:
+                snapped.append(cut)
+    edges = [0.0] + sorted(p for p in set(snapped) if MIN_SEGMENT / 2 < p < duration - MIN_SEGMENT / 2) + [duration]
+    return [(offset + a, offset + b) for a, b in zip(edges[:-1], edges[1:]) if b - a > 1e-3]
+
+
+def _audio_blocks(info: VideoInfo) -> Iterator[np.ndarray]:
+    command = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(info.path),
+               "-map", "0:a:0", "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "s16le", "pipe:1"]
+    size = int(BLOCK_SECONDS * SAMPLE_RATE) * 2
+    with tempfile.TemporaryFile() as errors:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors)
+        try:
+            while True:
+                data = process.stdout.read(size)
+                if not data:
+                    break
+                yield np.frombuffer(data[:len(data) // 2 * 2], np.int16).astype(np.float32) / 32768.0
+            if process.wait() != 0:
+                errors.seek(0)
+                lines = errors.read().decode(errors="replace").strip().splitlines()
+                raise DataError(info.path, f"cannot decode the audio (ffmpeg: {lines[-1] if lines else 'failed'})")
+        finally:
+            process.stdout.close()
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+
+
+def analyze_audio(info: VideoInfo, cuts: np.ndarray, progress=None) -> tuple[list[Segment], float]:
+    """Speech segments of a video's soundtrack with their embeddings, and the seconds of speech."""
+    if not info.has_audio:
+        return [], 0.0
+    segments: list[Segment] = []
+    speech = 0.0
+    buffer = np.zeros(0, np.float32)
+    origin = 0.0  # seconds of buffer[0]
+    blocks = _audio_blocks(info)
+    block = next(blocks, None)
+    while block is not None:
+        following = next(blocks, None)
+        buffer = np.concatenate([buffer, block])
+        regions = speech_regions(buffer)
+        keep_from = max(0, buffer.size - SAMPLE_RATE // 2)
+        if following is not None and regions and regions[-1][1] >= buffer.size - SAMPLE_RATE // 2 \
+                and (buffer.size - regions[-1][0]) / SAMPLE_RATE < MAX_CARRY_SECONDS:
+            keep_from = regions.pop()[0]
+        for lo, hi in regions:
+            speech += (hi - lo) / SAMPLE_RATE
+            for start, end in split_region(buffer[lo:hi], origin + lo / SAMPLE_RATE, cuts):
+                a = int(round((start - origin) * SAMPLE_RATE))
+                b = int(round((end - origin) * SAMPLE_RATE))
+                segments.append(Segment(round(start, 3), round(end, 3), embed_audio(buffer[a:b])))
+        if progress is not None:
+            progress(block.size / SAMPLE_RATE)
+        if following is None:
+            break
+        buffer = buffer[keep_from:]
+        origin += keep_from / SAMPLE_RATE
+        block = following
+    return segments, speech
+
+
+def read_clip(path: str | Path) -> np.ndarray:
+    """Any file ffmpeg can read, as 16 kHz mono float audio; DataError if it has no audio."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "voice clip not found")
+    command = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(path),
+               "-map", "0:a:0", "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "s16le", "pipe:1"]
+    result = subprocess.run(command, capture_output=True)
+    if result.returncode != 0 or not result.stdout:
+        lines = result.stderr.decode(errors="replace").strip().splitlines()
+        detail = lines[-1] if lines else "no audio samples"
+        raise DataError(path, f"not a readable audio recording (ffmpeg: {detail}); expected a voice clip "
+                              "in any format ffmpeg reads")
+    return np.frombuffer(result.stdout[:len(result.stdout) // 2 * 2], np.int16).astype(np.float32) / 32768.0
+
+
+def embed_clip(path: str | Path) -> tuple[np.ndarray, float]:
+    """The query voice: the embedding of the clip's speech and how many seconds of speech it has."""
+    audio = read_clip(path)
+    regions = speech_regions(audio)
+    if not regions:
+        raise DataError(path, "no speech found (voice activity detection); expected a recording of the "
+                              "person speaking, ideally 3 s or more")
+    speech = np.concatenate([audio[lo:hi] for lo, hi in regions])
+    return embed_audio(speech), speech.size / SAMPLE_RATE

@@ -1,0 +1,145 @@
+"""apes-cli search: every moment a person is on screen (face) or heard (voice), in one or more videos.
+
+`search(videos, face=..., voice=..., out_dir=..., settings=..., index_dir=...) -> results` validates the
+queries first (a bad photo or clip stops before any work), indexes what is not indexed yet (stages/index.py),
+scores every face track and speech segment, and writes `out_dir/results.json` and `out_dir/results.html`.
+
+results.json: {"query": {...}, "videos": [...], "hits": [...], "summary": {...}}; each hit has `video`,
+`start`, `end` (s), `score` (higher = more alike), `match` (score >= the threshold), `modality` (face,
+voice or both) and `track` ("face-<id>", "speech-<id>" or "speech-<id>+face-<id>"). Sorted by score.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stages.core.atomic import atomic_path
+from stages.core.errors import ConfigError
+from stages.core.progress import Progress
+from stages.footage.index_store import VideoIndex, read_entry
+from stages.footage.settings import VOICE_THRESHOLD, IndexSettings
+from stages.index import index_videos
+
+
+def _face_hits(index: VideoIndex, video: str, query: np.ndarray, embedder, threshold: float) -> list[dict]:
+    if index.faces.num_rows == 0:
+        return []
+    scores = embedder.scores(query, index.face_matrix())
+    faces = index.faces
+    hits = []
+    for row, score in enumerate(scores):
+        hits.append({"video": video, "start": faces["start"][row].as_py(), "end": faces["end"][row].as_py(),
+                     "score": round(float(score), 4), "match": bool(score >= threshold), "modality": "face",
+                     "track": f"face-{faces['track'][row].as_py()}", "_thumbs": [faces["thumbnail"][row].as_py()]})
+    return hits
+
+
+def _voice_hits(index: VideoIndex, video: str, query: np.ndarray, threshold: float) -> list[dict]:
+    if index.speech.num_rows == 0:
+        return []
+    scores = index.voice_matrix() @ query
+    speech, thumbs = index.speech, dict(zip(index.faces["track"].to_pylist(), index.faces["thumbnail"].to_pylist()))
+    hits = []
+    for row, score in enumerate(scores):
+        visible = speech["visible_tracks"][row].as_py()
+        hits.append({"video": video, "start": speech["start"][row].as_py(), "end": speech["end"][row].as_py(),
+                     "score": round(float(score), 4), "match": bool(score >= threshold), "modality": "voice",
+                     "track": f"speech-{speech['segment'][row].as_py()}",
+                     "faces": [f"face-{t}" for t in visible],
+                     "speaker_face": (f"face-{speech['speaker_track'][row].as_py()}"
+                                      if speech["speaker_track"][row].as_py() >= 0 else None),
+                     "_thumbs": [thumbs[t] for t in visible[:4] if t in thumbs]})
+    return hits
+
+
+def _both_hits(face_hits: list[dict], voice_hits: list[dict]) -> list[dict]:
+    """Seen & Heard: a speech segment heard while a face track is on screen, scored by both queries."""
+    by_track = {hit["track"]: hit for hit in face_hits}
+    out = []
+    for voice in voice_hits:
+        for name in voice["faces"]:
+            face = by_track.get(name)
+            if face is None:
+                continue
+            start, end = max(voice["start"], face["start"]), min(voice["end"], face["end"])
+            if end - start <= 0:
+                continue
+            out.append({"video": voice["video"], "start": round(start, 3), "end": round(end, 3),
+                        "score": round((voice["score"] + face["score"]) / 2, 4),
+                        "match": bool(voice["match"] and face["match"]), "modality": "both",
+                        "track": f"{voice['track']}+{name}", "face_score": face["score"],
+                        "voice_score": voice["score"], "_thumbs": face["_thumbs"]})
+    return out
+
+
+def search(videos: list[str | Path], out_dir: str | Path, settings: IndexSettings, index_dir: str | Path,
+           face: str | Path | None = None, voice: str | Path | None = None, face_index: int | None = None,
+           top: int = 100, face_threshold: float | None = None, voice_threshold: float | None = None,
+           workers: int = 1, progress: Progress | None = None, notes: list[str] | None = None) -> dict[str, Any]:
+    """Run a search; returns the results (also written to out_dir/results.json and results.html)."""
+    from stages.footage.face_embedding import face_embedder
+    from stages.footage.html_page import render
+    from stages.footage.photo import query_face
+    from stages.footage.speech import embed_clip
+
+    if face is None and voice is None:
+        raise ConfigError("--face/--voice", "give a face photo, a voice clip, or both", "command line")
+    if top < 1:
+        raise ConfigError("--top", "expected >= 1", "command line")
+    settings = settings.resolved()
+    query: dict[str, Any] = {}
+    face_query = embedder = voice_embedding = None
+    if face is not None:
+        embedder = face_embedder(settings.model)
+        face_query = query_face(face, embedder, face_index)
+        if face_query.note and notes is not None:
+            notes.append(face_query.note)
+        face_threshold = embedder.threshold if face_threshold is None else face_threshold
+        query["face"] = {"photo": str(face), "faces_found": face_query.faces_found,
+                         "face_index": face_query.face_index, "box": [round(v, 1) for v in face_query.box],
+                         "embedder": embedder.name, "threshold": face_threshold,
+                         "score": "1 - Euclidean distance of dlib descriptors" if not settings.model
+                         else "cosine similarity"}
+    if voice is not None:
+        voice_embedding, speech_seconds = embed_clip(voice)
+        voice_threshold = VOICE_THRESHOLD if voice_threshold is None else voice_threshold
+        query["voice"] = {"clip": str(voice), "speech_seconds": round(speech_seconds, 2),
+                          "embedder": "resemblyzer", "threshold": voice_threshold,
+                          "score": "cosine similarity of Resemblyzer embeddings"}
+    entries, index_summary = index_videos(list(videos), settings, index_dir, progress, workers)
+    started = time.perf_counter()
+    hits: list[dict] = []
+    video_rows = []
+    for entry in entries:
+        index = read_entry(entry.path)
+        name = str(entry.video)
+        face_hits = _face_hits(index, name, face_query.embedding, embedder, face_threshold) if face_query else []
+        voice_hits = _voice_hits(index, name, voice_embedding, voice_threshold) if voice is not None else []
+        hits += face_hits + voice_hits + (_both_hits(face_hits, voice_hits) if face_query and voice_hits else [])
+        meta = entry.meta
+        video_rows.append({"path": name, "sha256": entry.digest, "index": str(entry.path),
+                           "indexed_now": entry.built, "duration": meta["duration"], "width": meta["width"],
+                           "height": meta["height"], "fps": round(meta["fps"], 3), "tracks": meta["tracks"],
+                           "speech_segments": meta["speech_segments"], "cuts": len(meta["cuts"]),
+                           "index_seconds": meta["timings"]["total_seconds"]})
+    hits.sort(key=lambda h: (-h["score"], h["video"], h["start"]))
+    hits = hits[:top]
+    query_seconds = time.perf_counter() - started
+    thumbs = [hit.pop("_thumbs") for hit in hits]
+    results = {
+        "query": query, "videos": video_rows, "hits": hits,
+        "summary": {"hits": len(hits), "matches": sum(h["match"] for h in hits),
+                    "query_seconds": round(query_seconds, 3), **{f"index_{k}": v for k, v in index_summary.items()}},
+    }
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir / "results.json") as tmp:
+        tmp.write_text(json.dumps(results, indent=2) + "\n")
+    page = render(results, thumbs, face_query.thumbnail if face_query else None)
+    with atomic_path(out_dir / "results.html") as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return results
