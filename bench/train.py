@@ -25,6 +25,7 @@ import torch
 
 from stages.core.atomic import write_parquet
 from stages.core.config import Params, load_params
+from stages.core.runs import Run
 from stages.core.schemas import CROPS
 from stages.learning.datasets import BatchDataset, load_store
 from stages.learning.embed import use_bf16
@@ -33,7 +34,8 @@ from stages.learning.samplers import TripletSampler
 from stages.learning.strategies import strategy_named
 from stages.learning.tracklets import CROP_META, build_tracklets, read_meta
 from stages.media.shards import with_metadata
-from stages.train import RunSpec, batch_loss, train_run
+from stages.train import batch_loss
+from stages.train import run as train
 
 REPEATS, STEPS, BATCH = 3, 4, 48
 
@@ -125,11 +127,11 @@ def mining_vs_plain(data: Path = Path("data")) -> tuple[float, float] | None:
     params = load_params("params.yaml")
     scores = []
     for extra in ({"mining": "batch_hard", "normalize": True, "margin": 0.3}, {}):
-        settings = dataclasses.replace(params, train=dataclasses.replace(params.train, **extra))
+        settings = dataclasses.replace(params.train, **extra)
         with tempfile.TemporaryDirectory() as tmp:
-            metrics = train_run(settings, RunSpec("face", "within", "seen_heard", params.seed),
-                                crops_dir=data / "crops", mels_dir=data / "mels", triplets_dir=data / "triplets",
-                                models_dir=Path(tmp) / "models", metrics_dir=Path(tmp) / "metrics")
+            metrics = train(settings, Run("face", "within", "seen_heard", params.seed), data / "crops",
+                            data / "mels", data / "triplets", Path(tmp) / "models", Path(tmp) / "history.tsv",
+                            eval_batch_size=params.evaluate.batch_size)
         scores.append(metrics["val_mAP"])
     return scores[0], scores[1]
 

@@ -4,6 +4,8 @@ Three sources of embeddings, one metric code (stages.evaluation.ranking):
 - a trained checkpoint, or the same network with seeded random weights (`untrained`);
 - anyone's embeddings Parquet (video_id, entity_id, identity, embedding; docs/evaluation.md);
 - none: the exact expected metrics of a uniformly random ranking of the val tracklets.
+One function per source (`run`, `run_embeddings_file`, `run_random`); each returns the metrics, which the
+command writes.
 """
 
 from __future__ import annotations
@@ -18,14 +20,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from stages.core.atomic import write_json, write_parquet
-from stages.core.config import Params
-from stages.core.errors import ConfigError, DataError
-from stages.core.runs import run_name
+from stages.core.atomic import write_parquet
+from stages.core.config import EvaluateParams
+from stages.core.errors import DataError
+from stages.core.runs import Run
 from stages.core.schemas import EMBEDDINGS
 from stages.evaluation.ranking import random_metrics, ranking_metrics
 from stages.learning.embed import embed_tracklets
-from stages.learning.models import build_model, load_checkpoint
+from stages.learning.models import Embedder, build_model, load_checkpoint
 from stages.learning.tracklets import load_tracklets
 
 STRING_COLUMNS = ("video_id", "entity_id", "identity")
@@ -130,85 +132,59 @@ def score(embeddings: Embeddings, source: Path | str) -> dict:
         raise DataError(source, str(error)) from None
 
 
-def evaluate_embeddings_file(path: str | Path, out: str | Path) -> dict:
-    """Mode (b): metrics of anyone's embeddings file, written as JSON to `out`."""
+def run_embeddings_file(path: str | Path) -> dict:
+    """Mode (b): metrics of anyone's embeddings file."""
     started = time.perf_counter()
     embeddings = read_embeddings(path)
     metrics = score(embeddings, path)
     metrics.update(source=str(path), tracklets=len(embeddings.video_ids),
                    dim=int(embeddings.vectors.shape[1]), seconds=round(time.perf_counter() - started, 3))
-    write_json(out, metrics)
     return metrics
 
 
-def val_tracklets(crops_dir: str | Path, mels_dir: str | Path, task: str) -> pa.Table:
-    """The task's val tracklets, defined as everywhere else (stages.learning.tracklets)."""
-    return load_tracklets(crops_dir, mels_dir, "val", task)
-
-
-def evaluate_random(tracklets: pa.Table, task: str, out: str | Path) -> dict:
+def run_random(crops_dir: str | Path, mels_dir: str | Path, task: str) -> dict:
     """The Random row: exact expected metrics of a uniformly random ranking of the task's val tracklets."""
     started = time.perf_counter()
+    tracklets = load_tracklets(crops_dir, mels_dir, "val", task)
     try:
         metrics = random_metrics(tracklets["video_id"].to_pylist(), tracklets["identity"].to_pylist())
     except ValueError as error:
-        raise DataError(out, f"task {task}: {error}") from None
+        raise DataError(Path(crops_dir) / "val", f"task {task}: {error}") from None
     metrics.update(method="random", task=task, tracklets=tracklets.num_rows,
                    seconds=round(time.perf_counter() - started, 3))
-    write_json(out, metrics)
     return metrics
 
 
-
-@dataclass(frozen=True)
-class Run:
-    """One cell of the benchmark grid; `sampling` is None for the untrained network."""
-
-    modality: str
-    sampling: str | None
-    task: str
-    seed: int
-    seed_in_name: bool = False
-
-    @property
-    def name(self) -> str:
-        """<modality>_<sampling>_<task>[_seed<N>], 'untrained' standing in for the sampling."""
-        return run_name(self.modality, self.sampling, self.task, self.seed, self.seed_in_name)
-
-
-def _model_for(run: Run, params: Params, models_dir: Path) -> tuple[torch.nn.Module, str, int]:
+def _model_for(spec: Run, models_dir: Path, untrained_normalize: bool) -> tuple[Embedder, str, int]:
     """The run's trained checkpoint (with the seed it was trained with), or the network with seeded random weights."""
-    if run.sampling is None:
-        torch.manual_seed(run.seed)
-        return build_model(run.modality, normalize=params.train.normalize), "random weights", run.seed
-    checkpoint = models_dir / run.name / "model.pt"
+    if spec.sampling is None:
+        torch.manual_seed(spec.seed)
+        return build_model(spec.modality, normalize=untrained_normalize), "random weights", spec.seed
+    checkpoint = models_dir / spec.name / "model.pt"
     model = load_checkpoint(checkpoint)
-    expected = {"modality": run.modality, "sampling": run.sampling, "task": run.task}
+    expected = {"modality": spec.modality, "sampling": spec.sampling, "task": spec.task}
     found = {"modality": model.modality, **{k: model.meta[k] for k in ("sampling", "task") if k in model.meta}}
     for key, value in found.items():
         if value != expected[key]:
             raise DataError(checkpoint, f"holds a run with {key} {value!r}, expected {expected[key]!r}", field=key)
-    return model, str(checkpoint), int(model.meta.get("seed", run.seed))
+    return model, str(checkpoint), int(model.meta.get("seed", spec.seed))
 
 
-def evaluate_run(run: Run, params: Params, crops_dir: str | Path, mels_dir: str | Path, models_dir: str | Path,
-                 embeddings_dir: str | Path, out: str | Path) -> dict:
-    """Mode (a): embed the task's val tracklets with the run's network, rank them, write embeddings and metrics."""
-    if run.modality != "face" and run.task != "seen_heard":
-        raise ConfigError("--task", f"modality '{run.modality}' needs task 'seen_heard' (Seen holds silent tracks)",
-                          "command line")
+def run(settings: EvaluateParams, spec: Run, crops_dir: str | Path, mels_dir: str | Path, models_dir: str | Path,
+        out_dir: str | Path, *, precision: str, untrained_normalize: bool) -> dict:
+    """Mode (a): embed the task's val tracklets with the run's network (trained, or seeded random weights when
+    `spec.sampling` is None), rank them, write <out_dir>/<run>.parquet; returns the metrics."""
     started = time.perf_counter()
-    model, origin, seed = _model_for(run, params, Path(models_dir))
+    model, origin, seed = _model_for(spec, Path(models_dir), untrained_normalize)
     if torch.cuda.is_available():
         model = model.cuda()
-    table = embed_tracklets(model, run.modality, crops_dir, mels_dir, "val", run.task, params)
-    embeddings_path = Path(embeddings_dir) / f"{run.name}.parquet"
+    table = embed_tracklets(model, spec.modality, crops_dir, mels_dir, "val", spec.task, settings, precision)
+    embeddings_path = Path(out_dir) / f"{spec.name}.parquet"
     metrics = score(embeddings_from_table(table, embeddings_path), embeddings_path)
     write_parquet(embeddings_path, table)
     seconds = time.perf_counter() - started
-    metrics.update(method="untrained" if run.sampling is None else "trained", run=run.name, modality=run.modality,
-                   sampling=run.sampling, task=run.task, seed=seed, model=origin,
+    metrics.update(method="untrained" if spec.sampling is None else "trained", run=spec.name,
+                   modality=spec.modality, sampling=spec.sampling, task=spec.task, seed=seed, model=origin,
                    embeddings=str(embeddings_path), tracklets=table.num_rows, seconds=round(seconds, 3),
                    tracklets_per_s=round(table.num_rows / max(seconds, 1e-9), 1))
-    write_json(out, metrics)
     return metrics

@@ -1,7 +1,7 @@
 """Stage 'train': triplet training of one (modality, sampling, task) run, with per-epoch validation mAP.
 
-Outputs (rank 0 only): models/<run>/last.pt every epoch (resume) and model.pt at the end;
-metrics/train_<run>.tsv (epoch, loss, val_mAP, seconds) and metrics/train_<run>.json.
+Outputs (rank 0 only): models/<run>/last.pt every epoch (resume) and model.pt at the end, and the
+per-epoch history TSV (epoch, loss, val_mAP, seconds) for dvc plots; `run` returns the metrics.
 A batch is a pure function of (seed, epoch, step), so `resume` replays an interrupted epoch exactly.
 """
 
@@ -11,7 +11,8 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from stages.core.atomic import atomic_path, write_json
-from stages.core.config import Params, TrainParams
+from stages.core.atomic import atomic_path
+from stages.core.config import TrainParams
 from stages.core.errors import ApesError, DataError
 from stages.core.progress import Progress, Silent
-from stages.core.runs import run_name
+from stages.core.runs import Run
 from stages.evaluation.ranking import ranking_metrics
 from stages.learning import losses
 from stages.learning.datasets import BatchDataset, Store, load_store
@@ -40,23 +41,7 @@ PAPER_BATCH = 3 * 128  # 128 triplets a step
 
 
 class TrainingError(ApesError):
-    """A run that cannot start or cannot go on (bad combination, NaN loss, mismatched resume)."""
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One cell of the grid; the seed joins the name only when asked (several seeds side by side)."""
-
-    modality: str
-    sampling: str
-    task: str
-    seed: int
-    seed_in_name: bool = False
-
-    @property
-    def name(self) -> str:
-        """<modality>_<sampling>_<task>[_seed<N>]: models/<name>/ and metrics/train_<name>.*"""
-        return run_name(self.modality, self.sampling, self.task, self.seed, self.seed_in_name)
+    """A run that cannot start or cannot go on (no anchors, NaN loss, mismatched resume)."""
 
 
 @dataclass(frozen=True)
@@ -70,11 +55,43 @@ class Schedule:
     steps_per_epoch: int
 
 
-def check_combination(modality: str, task: str) -> None:
-    """Voice and cross-modal runs need speech: only the seen_heard task has it for every tracklet."""
-    if modality in ("voice", "crossmodal") and task != "seen_heard":
-        raise TrainingError(f"modality '{modality}' needs task 'seen_heard' (task '{task}' holds silent tracks "
-                            "without voice snippets)")
+@dataclass(frozen=True)
+class World:
+    """This process's place under torchrun (rank 0 of 1 when launched plainly) and its device."""
+
+    rank: int
+    size: int
+    device: torch.device
+
+    @property
+    def leader(self) -> bool:
+        """Rank 0 validates and writes."""
+        return self.rank == 0
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean of a scalar over the ranks."""
+        if self.size > 1:
+            dist.all_reduce(value)
+            value /= self.size
+        return value
+
+    def barrier(self) -> None:
+        """Wait for every rank."""
+        if self.size > 1:
+            dist.barrier()
+
+
+@dataclass
+class Progression:
+    """Where a run stands: the next epoch, the epochs done so far and the seconds they took."""
+
+    first_epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def seconds_before(self) -> float:
+        """Wall seconds of the epochs done before this process started."""
+        return self.history[-1]["seconds"] if self.history else 0.0
 
 
 def resolve_schedule(train: TrainParams, modality: str, anchors: int) -> Schedule:
@@ -97,9 +114,14 @@ def select_device(setting: str, local_rank: int = 0) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
-def _world() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) when launched plainly."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+def join_world(device: str, threads: int) -> World:
+    """Read torchrun's environment, pick the device, join the process group, and share the threads."""
+    rank, size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    dev = select_device(device, int(os.environ.get("LOCAL_RANK", 0)))
+    if size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    torch.set_num_threads(max(1, threads // int(os.environ.get("LOCAL_WORLD_SIZE", size))))
+    return World(rank, size, dev)
 
 
 def _seed_everything(seed: int) -> None:
@@ -119,11 +141,12 @@ def _restore_rng(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
 
 
-def make_sampler(store: Store, spec: RunSpec, train: TrainParams, batch_size: int) -> TripletSampler | PKSampler:
+def make_sampler(store: Store, spec: Run, train: TrainParams, batch_size: int) -> TripletSampler | PKSampler:
     """Plain triplets (the paper) or P x K batches for in-batch mining."""
+    strategy = strategy_named(spec.sampling)
     if train.mining == "none":
-        return TripletSampler(store.tracks, strategy_named(spec.sampling), spec.modality, batch_size, spec.seed)
-    return PKSampler(store.tracks, strategy_named(spec.sampling), spec.modality, batch_size, spec.seed, train.pk_k)
+        return TripletSampler(store.tracks, strategy, spec.modality, batch_size, spec.seed)
+    return PKSampler(store.tracks, strategy, spec.modality, batch_size, spec.seed, train.pk_k)
 
 
 def batch_loss(model: torch.nn.Module, normalize: bool, inputs: dict[str, torch.Tensor], mining: str,
@@ -142,18 +165,14 @@ def batch_loss(model: torch.nn.Module, normalize: bool, inputs: dict[str, torch.
             total = total + losses.triplet_margin_loss(*losses.split_triplets(embedding), margin)
             continue
         distances = losses.pairwise_distances(embedding)
-        if mining == "batch_hard":
-            triplets = losses.batch_hard_miner(distances, *masks)
-        else:
-            triplets = losses.semi_hard_miner(distances, *masks)
-        total = total + losses.mined_triplet_loss(distances, triplets, margin)
+        total = total + losses.mined_triplet_loss(distances, losses.MINERS[mining](distances, *masks), margin)
     return total
 
 
-def validate(model: Embedder, store: Store, device: torch.device, params: Params, bf16: bool,
+def validate(model: Embedder, store: Store, device: torch.device, batch_size: int, bf16: bool,
              where: str | Path = "val") -> dict:
     """Ranking metrics of the val tracklets (the paper's per-video mAP)."""
-    embeddings = embed_store(model, store, device, params.evaluate.batch_size, bf16)
+    embeddings = embed_store(model, store, device, batch_size, bf16)
     try:
         return ranking_metrics(store.tracklets["video_id"].to_pylist(), store.tracklets["identity"].to_pylist(),
                                embeddings, store.tracklets["entity_id"].to_pylist())
@@ -174,133 +193,135 @@ def _save(path: Path, payload: dict[str, Any]) -> None:
         torch.save(payload, tmp)
 
 
-def train_run(params: Params, spec: RunSpec, *, device: str = "auto", resume: bool = False,
-              crops_dir: str | Path = "data/crops", mels_dir: str | Path = "data/mels",
-              triplets_dir: str | Path = "data/triplets", models_dir: str | Path = "models",
-              metrics_dir: str | Path = "metrics",
-              progress: Progress | None = None) -> dict[str, Any]:
-    """Train one run end to end (or continue it with `resume`); returns the final metrics."""
-    started = time.perf_counter()
-    progress = progress or Silent()
-    check_combination(spec.modality, spec.task)
-    train = params.train
-    rank, world, local_rank = _world()
-    dev = select_device(device, local_rank)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-    torch.set_num_threads(max(1, train.threads // local_world))
-    _seed_everything(spec.seed)
-    bf16 = use_bf16(dev, train.precision)
-    streams = STREAMS[spec.modality]
+class Trainer:
+    """The model, its optimiser and scheduler, and one epoch of triplet training (voxceleb_trainer style)."""
 
-    store = load_store(crops_dir, mels_dir, "train", spec.task, streams, max_crops=train.max_crops_per_track,
-                       tracklets=read_tracklet_table(triplets_dir, spec.task))
-    val_store = load_store(crops_dir, mels_dir, "val", spec.task, streams,
-                           max_crops=train.val_items_per_track, max_snippets=train.val_items_per_track)
-    try:
-        schedule = resolve_schedule(train, spec.modality, len(make_sampler(store, spec, train, 3).anchors))
-        sampler = make_sampler(store, spec, train, schedule.batch_size)
-    except ValueError as error:
-        raise TrainingError(f"run {spec.name}: {error}") from None
+    def __init__(self, train: TrainParams, spec: Run, schedule: Schedule, world: World) -> None:
+        self.train, self.spec, self.world = train, spec, world
+        self.bf16 = use_bf16(world.device, train.precision)
+        self.model = build_model(spec.modality, train.normalize, train.pretrained).to(world.device)
+        self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=schedule.lr)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=schedule.step_epochs, gamma=0.1)
+        self.net: torch.nn.Module = self.model
+        if world.size > 1:
+            ids = [world.device.index] if world.device.type == "cuda" else None
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
 
-    model = build_model(spec.modality, train.normalize, train.pretrained).to(dev)
-    model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=schedule.lr)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=schedule.step_epochs, gamma=0.1)
-    signature = {"run": spec.name, "seed": spec.seed, "schedule": schedule.__dict__, "mining": train.mining,
-                 "normalize": train.normalize, "margin": train.margin, "pk_k": train.pk_k,
-                 "pretrained": train.pretrained, "max_crops_per_track": train.max_crops_per_track,
-                 "world": world, "tracklets": store.tracklets.num_rows}
-    run_dir = Path(models_dir) / spec.name
-    last = run_dir / "last.pt"
-    history: list[dict[str, float]] = []
-    first_epoch, elapsed_before = 0, 0.0
-    if resume and last.is_file():
+    def train_epoch(self, batches: Iterator[tuple[tuple[int, int], dict[str, torch.Tensor]]], distinct_tracks: bool,
+                    progress: Progress) -> tuple[float, int]:
+        """One epoch of steps; returns the mean loss and the samples seen (all ranks)."""
+        self.model.train()
+        step_losses: list[float] = []
+        samples = 0
+        for (epoch, step), inputs in batches:
+            inputs = {k: v.to(self.world.device, non_blocking=True) for k, v in inputs.items()}
+            with torch.autocast(self.world.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                loss = batch_loss(self.net, self.train.normalize, inputs, self.train.mining, self.train.margin,
+                                  distinct_tracks)
+            value = self.world.mean(loss.detach().float())
+            if not torch.isfinite(value):
+                raise TrainingError(f"run {self.spec.name}: the loss became {value.item()} at epoch {epoch + 1}, "
+                                    f"step {step + 1}; lower train.{self.spec.modality}.lr, set train.precision: "
+                                    "fp32, or look for NaN/inf in the inputs")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            step_losses.append(value.item())
+            samples += len(next(iter(inputs.values()))) * self.world.size
+            progress.advance()
+        self.scheduler.step()
+        return float(np.mean(step_losses)), samples
+
+    def state(self, epoch: int, history: list[dict[str, float]], signature: dict[str, Any]) -> dict[str, Any]:
+        """What last.pt holds: everything `resume` needs to continue to the same result."""
+        return {"model": checkpoint_payload(self.model), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "epoch": epoch, "history": history,
+                "rng": _rng_states(), "signature": signature}
+
+    def resume(self, last: Path, signature: dict[str, Any]) -> Progression:
+        """Continue from last.pt when it exists and was written with the same settings."""
+        if not last.is_file():
+            return Progression()
         state = torch.load(last, map_location="cpu", weights_only=False)
         if state["signature"] != signature:
             raise TrainingError(f"{last} was written by a run with other settings; drop --resume to start over "
                                 f"(saved {state['signature']}, now {signature})")
-        model.load_state_dict(state["model"]["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        self.model.load_state_dict(state["model"]["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
         _restore_rng(state["rng"])
-        first_epoch, history = state["epoch"], state["history"]
-        elapsed_before = history[-1]["seconds"] if history else 0.0
+        return Progression(state["epoch"], state["history"])
 
-    net: torch.nn.Module = model
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
-    keys = [(epoch, step) for epoch in range(first_epoch, schedule.epochs) for step in range(schedule.steps_per_epoch)]
-    loader = torch.utils.data.DataLoader(
-        BatchDataset(store, sampler, spec.seed, rank, world), batch_size=None, sampler=keys,
-        num_workers=train.workers, pin_memory=dev.type == "cuda", persistent_workers=False)
-    progress.start(len(keys), f"train {spec.name}")
+
+def run(settings: TrainParams, spec: Run, crops_dir: str | Path, mels_dir: str | Path, triplets_dir: str | Path,
+        models_dir: str | Path, history_path: str | Path, *, eval_batch_size: int, device: str = "auto",
+        resume: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+    """Train one run end to end (or continue it with `resume`); returns the final metrics."""
+    started = time.perf_counter()
+    progress = progress or Silent()
+    world = join_world(device, settings.threads)
+    _seed_everything(spec.seed)
+    streams = STREAMS[spec.modality]
+    store = load_store(crops_dir, mels_dir, "train", spec.task, streams, max_crops=settings.max_crops_per_track,
+                       tracklets=read_tracklet_table(triplets_dir, spec.task))
+    val_store = load_store(crops_dir, mels_dir, "val", spec.task, streams,
+                           max_crops=settings.val_items_per_track, max_snippets=settings.val_items_per_track)
+    try:
+        schedule = resolve_schedule(settings, spec.modality, len(make_sampler(store, spec, settings, 3).anchors))
+        sampler = make_sampler(store, spec, settings, schedule.batch_size)
+    except ValueError as error:
+        raise TrainingError(f"run {spec.name}: {error}") from None
+    trainer = Trainer(settings, spec, schedule, world)
+    signature = {"run": spec.name, "seed": spec.seed, "schedule": schedule.__dict__, "mining": settings.mining,
+                 "normalize": settings.normalize, "margin": settings.margin, "pk_k": settings.pk_k,
+                 "pretrained": settings.pretrained, "max_crops_per_track": settings.max_crops_per_track,
+                 "world": world.size, "tracklets": store.tracklets.num_rows}
+    run_dir = Path(models_dir) / spec.name
+    done = trainer.resume(run_dir / "last.pt", signature) if resume else Progression()
+    history = done.history
+    dataset = BatchDataset(store, sampler, spec.seed, world.rank, world.size)
+    progress.start((schedule.epochs - done.first_epoch) * schedule.steps_per_epoch, f"train {spec.name}")
     samples, train_seconds = 0, 0.0
-    epoch_loss: list[float] = []
-    step_started = time.perf_counter()
-    model.train()
-    for (epoch, step), inputs in zip(keys, loader):
-        inputs = {k: v.to(dev, non_blocking=True) for k, v in inputs.items()}
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = batch_loss(net, train.normalize, inputs, train.mining, train.margin, sampler.strategy.distinct_tracks)
-        value = loss.detach().float()
-        if world > 1:
-            dist.all_reduce(value)
-            value /= world
-        if not torch.isfinite(value):
-            raise TrainingError(f"run {spec.name}: the loss became {value.item()} at epoch {epoch + 1}, "
-                                f"step {step + 1}; lower train.{spec.modality}.lr, set train.precision: fp32, "
-                                "or look for NaN/inf in the inputs")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        epoch_loss.append(value.item())
-        samples += len(next(iter(inputs.values()))) * world
-        progress.advance()
-        if step + 1 < schedule.steps_per_epoch:
-            continue
-        train_seconds += time.perf_counter() - step_started
-        scheduler.step()
-        final_epoch = epoch + 1 == schedule.epochs
+    for epoch in range(done.first_epoch, schedule.epochs):
+        epoch_started = time.perf_counter()
+        keys = [(epoch, step) for step in range(schedule.steps_per_epoch)]
+        loader = torch.utils.data.DataLoader(dataset, batch_size=None, sampler=keys, num_workers=settings.workers,
+                                             pin_memory=world.device.type == "cuda", persistent_workers=False)
+        loss, seen = trainer.train_epoch(zip(keys, loader), sampler.strategy.distinct_tracks, progress)
+        samples, train_seconds = samples + seen, train_seconds + time.perf_counter() - epoch_started
+        due = epoch + 1 == schedule.epochs or (epoch + 1) % settings.val_every == 0
         val_map = float("nan")
-        if rank == 0 and (final_epoch or (epoch + 1) % train.val_every == 0):
-            val_map = validate(model, val_store, dev, params, bf16, Path(crops_dir) / "val")["mAP"]
-        history.append({"epoch": epoch + 1, "loss": float(np.mean(epoch_loss)), "val_mAP": val_map,
-                        "seconds": round(elapsed_before + time.perf_counter() - started, 2)})
-        epoch_loss = []
-        if rank == 0:
-            model.meta = {"run": spec.name, "sampling": spec.sampling, "task": spec.task, "seed": spec.seed,
-                          "epochs": epoch + 1, "crop_size": int(store.crops.shape[1]) if "crops" in streams else 0}
-            _save(last, {"model": checkpoint_payload(model), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history,
-                         "rng": _rng_states(), "signature": signature})
-            _write_history(Path(metrics_dir) / f"train_{spec.name}.tsv", history)
-        if world > 1:
-            dist.barrier()
-        step_started = time.perf_counter()
+        if world.leader and due:
+            val_map = validate(trainer.model, val_store, world.device, eval_batch_size, trainer.bf16,
+                               Path(crops_dir) / "val")["mAP"]
+        history.append({"epoch": epoch + 1, "loss": loss, "val_mAP": val_map,
+                        "seconds": round(done.seconds_before + time.perf_counter() - started, 2)})
+        if world.leader:
+            trainer.model.meta = {"run": spec.name, "sampling": spec.sampling, "task": spec.task, "seed": spec.seed,
+                                  "epochs": epoch + 1,
+                                  "crop_size": int(store.crops.shape[1]) if "crops" in streams else 0}
+            _save(run_dir / "last.pt", trainer.state(epoch + 1, history, signature))
+            _write_history(Path(history_path), history)
+        world.barrier()
 
-    if not history:
-        raise TrainingError(f"run {spec.name}: nothing to train (epochs {schedule.epochs})")
     final = history[-1]
-    if math.isnan(final["val_mAP"]) and rank == 0:
-        final["val_mAP"] = validate(model, val_store, dev, params, bf16, Path(crops_dir) / "val")["mAP"]
     metrics = {
         "run": spec.name, "modality": spec.modality, "sampling": spec.sampling, "task": spec.task,
-        "seed": spec.seed, "profile": train.profile, "device": dev.type, "precision": "bf16" if bf16 else "fp32",
-        "world_size": world, "threads": torch.get_num_threads(), "epochs": final["epoch"],
-        "steps_per_epoch": schedule.steps_per_epoch, "batch_size": schedule.batch_size, "lr": schedule.lr,
-        "mining": train.mining, "normalize": train.normalize, "loss": round(final["loss"], 6),
-        "first_loss": round(history[0]["loss"], 6), "val_mAP": round(final["val_mAP"], 4),
-        "train_tracklets": store.tracklets.num_rows, "anchors": int(len(sampler.anchors)),
-        "val_tracklets": val_store.tracklets.num_rows,
+        "seed": spec.seed, "profile": settings.profile, "device": world.device.type,
+        "precision": "bf16" if trainer.bf16 else "fp32", "world_size": world.size,
+        "threads": torch.get_num_threads(), "epochs": final["epoch"], "steps_per_epoch": schedule.steps_per_epoch,
+        "batch_size": schedule.batch_size, "lr": schedule.lr, "mining": settings.mining,
+        "normalize": settings.normalize, "loss": round(final["loss"], 6), "first_loss": round(history[0]["loss"], 6),
+        "val_mAP": round(final["val_mAP"], 4), "train_tracklets": store.tracklets.num_rows,
+        "anchors": int(len(sampler.anchors)), "val_tracklets": val_store.tracklets.num_rows,
         "images_per_s": round(samples / train_seconds, 1) if train_seconds else None,
-        "seconds": round(elapsed_before + time.perf_counter() - started, 2), "resumed_at_epoch": first_epoch,
+        "seconds": round(done.seconds_before + time.perf_counter() - started, 2),
+        "resumed_at_epoch": done.first_epoch,
     }
-    if rank == 0:
-        _save(run_dir / "model.pt", checkpoint_payload(model))
-        write_json(Path(metrics_dir) / f"train_{spec.name}.json", metrics)
-    if world > 1:
+    if world.leader:
+        _save(run_dir / "model.pt", checkpoint_payload(trainer.model))
+    if world.size > 1:
         dist.barrier()
         dist.destroy_process_group()
     return metrics

@@ -1,10 +1,9 @@
 """Stage 'triplets': each task's train tracklet table (the sample sets of every strategy) and Table 2.
 
-data/triplets/<task>.parquet holds one row per train tracklet of the task (schema TRACKLETS) with its
-positive bag (other tracklets of its identity). Negative bags follow from the strategy rule
-(stages.learning.samplers), so the Across bag (every other identity's tracklet) is never materialised.
-metrics/triplets.json holds, per task and strategy, the average positive and negative tracklets per
-anchor (the paper's Table 2) and the counted skips.
+data/triplets/<task>.parquet holds one row per train tracklet of the task (schema TRACKLETS). Positive and
+negative bags follow from the strategy objects (stages.learning.strategies), so the Across bag (every other
+identity's tracklet) is never materialised. The metrics hold, per task and strategy, the average positive
+and negative tracklets per anchor (the paper's Table 2) and the counted skips.
 """
 
 from __future__ import annotations
@@ -16,8 +15,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from stages.core.atomic import write_json, write_parquet
-from stages.core.config import Params
+from stages.core.atomic import write_parquet
+from stages.core.config import TripletParams
 from stages.core.errors import DataError
 from stages.core.progress import Progress, Silent
 from stages.learning.tracklets import (
@@ -50,13 +49,12 @@ def _check_disjoint(train: pa.Table, val: pa.Table, where: Path) -> None:
                         f"(e.g. {sorted(shared)[:3]}): expected disjoint splits", field="identity")
 
 
-def run_triplets(params: Params, crops_dir: str | Path = "data/crops", mels_dir: str | Path = "data/mels",
-                 out_dir: str | Path = "data/triplets", metrics_path: str | Path = "metrics/triplets.json",
-                 progress: Progress | None = None) -> dict[str, Any]:
-    """Write each task's train tracklet table and the Table 2 statistics; returns the metrics."""
+def run(settings: TripletParams, crops_dir: str | Path, mels_dir: str | Path, out_dir: str | Path,
+        progress: Progress | None = None) -> dict[str, Any]:
+    """Write each task's train tracklet table; returns the Table 2 statistics as the metrics."""
     started = time.perf_counter()
     progress = progress or Silent()
-    tasks = params.triplets.tasks
+    tasks = settings.tasks
     progress.start(len(tasks) + 1, "triplets")
     crop_meta = read_meta(crops_dir, "train", CROP_META)
     mels_split = Path(mels_dir) / "train"
@@ -77,7 +75,7 @@ def run_triplets(params: Params, crops_dir: str | Path = "data/crops", mels_dir:
             "tracklets": table.num_rows,
             "identities": len(set(table["identity"].to_pylist())),
             "videos": len(set(table["video_id"].to_pylist())),
-            "strategies": {s: stats[s] for s in params.triplets.strategies},
+            "strategies": {s: stats[s] for s in settings.strategies},
         }
         write_parquet(tracklet_path(out_dir, task), table)
         progress.advance()
@@ -86,5 +84,4 @@ def run_triplets(params: Params, crops_dir: str | Path = "data/crops", mels_dir:
         metrics["skipped_not_heard"] = tasks_done["seen"]["tracklets"] - tasks_done["seen_heard"]["tracklets"]
     metrics["seconds"] = round(time.perf_counter() - started, 3)
     metrics["crop_rows_per_s"] = round(crop_meta.num_rows / max(metrics["seconds"], 1e-9), 1)
-    write_json(metrics_path, metrics)
     return metrics

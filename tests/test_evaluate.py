@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
 from sklearn.metrics import average_precision_score
 from typer.testing import CliRunner
 
@@ -63,7 +64,7 @@ def _by_hand() -> dict[str, float]:
 def test_embeddings_file_gives_the_hand_computed_metrics(tmp_path):
     source = _write(tmp_path / "mine.parquet")
     out = tmp_path / "mine.json"
-    result = runner.invoke(app, ["evaluate", "--embeddings", str(source), "--out", str(out)])
+    result = runner.invoke(app, ["evaluate", "--embeddings", str(source), "--metrics", str(out)])
     assert result.exit_code == 0, result.output
     metrics = json.loads(out.read_text())
     want = _by_hand()
@@ -100,7 +101,7 @@ def test_malformed_file_exits_2_without_output(tmp_path):
     source = _write(tmp_path / "bad.parquet",
                     embedding=pa.array(VECTORS[:6] + [[0.0, float("nan")]] + VECTORS[7:], pa.list_(pa.float32())))
     out = tmp_path / "out.json"
-    result = runner.invoke(app, ["evaluate", "--embeddings", str(source), "--out", str(out)])
+    result = runner.invoke(app, ["evaluate", "--embeddings", str(source), "--metrics", str(out)])
     assert result.exit_code == 2
     assert "line 7, field 'embedding'" in result.output and "bad.parquet" in result.output
     assert not out.exists()
@@ -115,7 +116,7 @@ def test_not_a_parquet_file(tmp_path):
 
 def test_file_without_any_positive_pair_is_an_error(tmp_path):
     source = _write(tmp_path / "lonely.parquet", identity=pa.array([f"p{i}" for i in range(9)]))
-    result = runner.invoke(app, ["evaluate", "--embeddings", str(source), "--out", str(tmp_path / "o.json")])
+    result = runner.invoke(app, ["evaluate", "--embeddings", str(source), "--metrics", str(tmp_path / "o.json")])
     assert result.exit_code == 2
     assert "no query tracklet has a positive" in result.output
 
@@ -160,17 +161,19 @@ def shards(tmp_path_factory) -> tuple[Path, Path]:
     return _val_shards(tmp_path_factory.mktemp("val"))
 
 
-def _run(tmp_path: Path, shards, *args: str):
+def _run(tmp_path: Path, shards, *args: str, params: Path = PARAMS):
+    """The evaluate command on the hand-made shards; its metrics go to <tmp_path>/metrics.json."""
     crops, mels = shards
     return runner.invoke(app, ["evaluate", *args, "--crops-dir", str(crops), "--mels-dir", str(mels),
-                               "--models-dir", str(tmp_path / "models"), "--metrics-dir", str(tmp_path / "metrics"),
-                               "--embeddings-dir", str(tmp_path / "emb"), "--params", str(PARAMS)])
+                               "--models-dir", str(tmp_path / "models"), "--metrics", str(tmp_path / "metrics.json"),
+                               "--out", str(tmp_path / "emb"), "--params", str(params)])
 
 
 def test_untrained_run_is_seeded_and_scores_its_own_embeddings(tmp_path, shards):
     result = _run(tmp_path, shards, "--modality", "face", "--task", "seen", "--untrained", "--seed", "3")
     assert result.exit_code == 0, result.output
-    metrics = json.loads((tmp_path / "metrics" / "eval_face_untrained_seen_seed3.json").read_text())
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["run"] == "face_untrained_seen_seed3"
     assert (metrics["method"], metrics["modality"], metrics["sampling"], metrics["seed"]) == ("untrained", "face",
                                                                                               None, 3)
     written = read_embeddings(tmp_path / "emb" / "face_untrained_seen_seed3.parquet")
@@ -185,19 +188,26 @@ def test_untrained_run_is_seeded_and_scores_its_own_embeddings(tmp_path, shards)
                            written.vectors)
 
 
-def test_trained_run_uses_its_checkpoint(tmp_path, shards):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_trained_run_uses_its_checkpoint(tmp_path, shards, precision):
+    raw = yaml.safe_load(PARAMS.read_text())
+    raw["train"]["precision"] = precision
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    params = load_params(tmp_path / "params.yaml")
     torch.manual_seed(11)
     model = build_model("crossmodal").eval()
     model.meta = {"sampling": "within", "task": "seen_heard", "seed": 5}
     (tmp_path / "models" / "crossmodal_within_seen_heard").mkdir(parents=True)
     torch.save(checkpoint_payload(model), tmp_path / "models" / "crossmodal_within_seen_heard" / "model.pt")
-    result = _run(tmp_path, shards, "--modality", "crossmodal", "--sampling", "within", "--task", "seen_heard")
+    result = _run(tmp_path, shards, "--modality", "crossmodal", "--sampling", "within", "--task", "seen_heard",
+                  params=tmp_path / "params.yaml")
     assert result.exit_code == 0, result.output
     written = read_embeddings(tmp_path / "emb" / "crossmodal_within_seen_heard.parquet")
     assert len(written.video_ids) == 12  # silent tracklets are not Seen & Heard
-    direct = embed_tracklets(model, "crossmodal", shards[0], shards[1], "val", "seen_heard", load_params(PARAMS))
+    direct = embed_tracklets(model, "crossmodal", shards[0], shards[1], "val", "seen_heard", params.evaluate,
+                             precision)
     assert np.allclose(written.vectors, np.stack(direct["embedding"].to_pylist()), atol=1e-5)
-    metrics = json.loads((tmp_path / "metrics" / "eval_crossmodal_within_seen_heard.json").read_text())
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert (metrics["method"], metrics["sampling"], metrics["tracklets"], metrics["seed"]) == ("trained", "within",
                                                                                               12, 5)
 
@@ -228,7 +238,7 @@ def test_random_row_is_the_exact_expectation_over_the_task_tracklets(tmp_path, s
     for task, per_video in (("seen", 7), ("seen_heard", 6)):
         result = _run(tmp_path, shards, "--random", "--task", task)
         assert result.exit_code == 0, result.output
-        metrics = json.loads((tmp_path / "metrics" / f"eval_random_{task}.json").read_text())
+        metrics = json.loads((tmp_path / "metrics.json").read_text())
         videos = ["vidA"] * per_video + ["vidB"] * per_video
         identities = [f"{v}-p{i // 2}" for v in ("vidA", "vidB") for i in range(6)]
         if task == "seen":

@@ -20,15 +20,17 @@ from train_data import TinySpec, write_tiny_shards
 from typer.testing import CliRunner
 
 from apes_cli.main import app
-from stages.core.config import OptimParams, Params, load_params
+from stages.core.config import EvaluateParams, OptimParams, TrainParams, TripletParams, load_params
 from stages.core.errors import ConfigError, DataError
+from stages.core.runs import Run
 from stages.core.schemas import EMBEDDINGS
 from stages.evaluation.ranking import random_metrics
 from stages.learning.datasets import crops_to_tensor, load_store, mels_to_tensor
 from stages.learning.embed import autocast, embed_store, embed_tracklets
 from stages.learning.models import build_model, load_checkpoint
-from stages.train import RunSpec, Schedule, TrainingError, resolve_schedule, train_run
-from stages.triplets import run_triplets
+from stages.train import Schedule, TrainingError, resolve_schedule
+from stages.train import run as train
+from stages.triplets import run as triplets
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,21 +39,19 @@ ROOT = Path(__file__).resolve().parents[1]
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("train")
     crops, mels = write_tiny_shards(root, TinySpec(train_videos=3, val_videos=2, tracklets=4, crops=4, noise=0.35))
-    run_triplets(Params(), crops, mels, root / "triplets", root / "metrics" / "triplets.json")
+    triplets(TripletParams(), crops, mels, root / "triplets")
     return {"root": root, "crops": crops, "mels": mels, "triplets": root / "triplets"}
 
 
-def _params(epochs: int = 2, steps: int = 3, batch: int = 24, lr: float = 1e-3, **train: object) -> Params:
-    base = Params()
+def _settings(epochs: int = 2, steps: int = 3, batch: int = 24, lr: float = 1e-3, **train: object) -> TrainParams:
     schedule = OptimParams(lr=lr, epochs=epochs, step_epochs=epochs)
-    settings = dataclasses.replace(base.train, threads=1, batch_size=batch, steps_per_epoch=steps, face=schedule,
-                                   voice=schedule, crossmodal=schedule, **train)
-    return dataclasses.replace(base, train=settings, evaluate=dataclasses.replace(base.evaluate, crops_per_track=4))
+    return dataclasses.replace(TrainParams(), threads=1, batch_size=batch, steps_per_epoch=steps, face=schedule,
+                               voice=schedule, crossmodal=schedule, **train)
 
 
-def _run(data: dict[str, Path], params: Params, spec: RunSpec, out: Path, **kwargs: object) -> dict:
-    return train_run(params, spec, crops_dir=data["crops"], mels_dir=data["mels"], triplets_dir=data["triplets"],
-                     models_dir=out / "models", metrics_dir=out / "metrics", **kwargs)
+def _run(data: dict[str, Path], settings: TrainParams, spec: Run, out: Path, **kwargs: object) -> dict:
+    return train(settings, spec, data["crops"], data["mels"], data["triplets"], out / "models",
+                 out / "metrics" / f"train_{spec.name}.tsv", eval_batch_size=EvaluateParams().batch_size, **kwargs)
 
 
 def test_cli_trained_face_model_beats_random_and_its_loss_falls(data: dict[str, Path], tmp_path: Path) -> None:
@@ -62,7 +62,7 @@ def test_cli_trained_face_model_beats_random_and_its_loss_falls(data: dict[str, 
         "train", "--modality", "face", "--sampling", "within", "--task", "seen",
         "--params", str(tmp_path / "params.yaml"),
         "--crops-dir", str(data["crops"]), "--mels-dir", str(data["mels"]), "--triplets-dir", str(data["triplets"]),
-        "--out", str(tmp_path / "models"), "--metrics-dir", str(tmp_path / "metrics")])
+        "--out", str(tmp_path / "models"), "--metrics", str(tmp_path / "metrics" / "train_face_within_seen.json")])
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "metrics" / "train_face_within_seen.json").read_text())
     rows = (tmp_path / "metrics" / "train_face_within_seen.tsv").read_text().splitlines()
@@ -96,37 +96,42 @@ class _StopAfter:
 
 
 def test_resume_after_an_interruption_gives_the_uninterrupted_result(data: dict[str, Path], tmp_path: Path) -> None:
-    params, spec = _params(epochs=2, steps=3), RunSpec("face", "across", "seen", seed=3)
-    whole = _run(data, params, spec, tmp_path / "a")
+    settings, spec = _settings(epochs=2, steps=3), Run("face", "across", "seen", seed=3)
+    whole = _run(data, settings, spec, tmp_path / "a")
     with pytest.raises(_Interrupt):
-        _run(data, params, spec, tmp_path / "b", progress=_StopAfter(5))  # dies in epoch 2, after last.pt of epoch 1
+        _run(data, settings, spec, tmp_path / "b", progress=_StopAfter(5))  # dies in epoch 2, after last.pt of epoch 1
     assert not (tmp_path / "b" / "models" / spec.name / "model.pt").exists()
-    resumed = _run(data, params, spec, tmp_path / "b", resume=True)
+    resumed = _run(data, settings, spec, tmp_path / "b", resume=True)
     assert resumed["resumed_at_epoch"] == 1
     assert (resumed["loss"], resumed["val_mAP"]) == (whole["loss"], whole["val_mAP"])
+    history = (tmp_path / "a" / "metrics" / f"train_{spec.name}.tsv").read_text()
+    assert [r.split("\t")[:3] for r in history.splitlines()] == \
+        [r.split("\t")[:3] for r in (tmp_path / "b" / "metrics" / f"train_{spec.name}.tsv").read_text().splitlines()]
     a = torch.load(tmp_path / "a" / "models" / spec.name / "model.pt")["state_dict"]
     b = torch.load(tmp_path / "b" / "models" / spec.name / "model.pt")["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(TrainingError, match="other settings"):
-        _run(data, _params(epochs=2, steps=4), spec, tmp_path / "b", resume=True)
+        _run(data, _settings(epochs=2, steps=4), spec, tmp_path / "b", resume=True)
 
 
-def test_voice_and_crossmodal_need_seen_heard(data: dict[str, Path], tmp_path: Path) -> None:
+def test_voice_and_crossmodal_need_seen_heard(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["train", "--modality", "voice", "--task", "seen", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "needs task 'seen_heard'" in result.output
-    with pytest.raises(TrainingError, match="seen_heard"):
-        _run(data, _params(), RunSpec("crossmodal", "within", "seen", 0), tmp_path)
+    with pytest.raises(ConfigError, match="modality 'crossmodal' needs task 'seen_heard'"):
+        Run("crossmodal", "within", "seen", 0)
+    assert Run("face", None, "seen", 4, seed_in_name=True).name == "face_untrained_seen_seed4"
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_crossmodal_mined_run_and_its_tracklet_embeddings(data: dict[str, Path], tmp_path: Path,
                                                           precision: str) -> None:
-    params = _params(epochs=1, steps=2, batch=16, mining="batch_hard", normalize=True, margin=0.3, pk_k=2,
-                     precision=precision)
-    metrics = _run(data, params, RunSpec("crossmodal", "weak", "seen_heard", 0), tmp_path)
+    settings = _settings(epochs=1, steps=2, batch=16, mining="batch_hard", normalize=True, margin=0.3, pk_k=2,
+                         precision=precision)
+    metrics = _run(data, settings, Run("crossmodal", "weak", "seen_heard", 0), tmp_path)
     assert np.isfinite(metrics["loss"]) and (metrics["mining"], metrics["precision"]) == ("batch_hard", precision)
     model = load_checkpoint(tmp_path / "models" / "crossmodal_weak_seen_heard" / "model.pt")
-    table = embed_tracklets(model, "crossmodal", data["crops"], data["mels"], "val", "seen_heard", params)
+    table = embed_tracklets(model, "crossmodal", data["crops"], data["mels"], "val", "seen_heard",
+                            EvaluateParams(crops_per_track=4), precision)
     assert table.schema.equals(EMBEDDINGS) and table.num_rows == 2 * 10
     vectors = np.array(table["embedding"].to_pylist())
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
@@ -159,10 +164,10 @@ def test_a_nan_loss_stops_with_a_clear_message(data: dict[str, Path], tmp_path: 
         poisoned = [np.full(len(v) // 4, np.nan, np.float32).tobytes() for v in table["mel"].to_pylist()]
         table = table.set_column(table.schema.get_field_index("mel"), "mel", pa.array(poisoned, pa.binary()))
         pq.write_table(table, shard)
-    run_triplets(Params(), crops, mels, tmp_path / "triplets", tmp_path / "triplets.json")
+    triplets(TripletParams(), crops, mels, tmp_path / "triplets")
     with pytest.raises(TrainingError, match="loss became nan at epoch 1, step 1"):
-        train_run(_params(), RunSpec("voice", "within", "seen_heard", 0), crops_dir=crops, mels_dir=mels,
-                  triplets_dir=tmp_path / "triplets", models_dir=tmp_path / "models", metrics_dir=tmp_path / "m")
+        _run({"crops": crops, "mels": mels, "triplets": tmp_path / "triplets"}, _settings(),
+             Run("voice", "within", "seen_heard", 0), tmp_path)
     assert not (tmp_path / "models" / "voice_within_seen_heard" / "model.pt").exists()
 
 
@@ -203,7 +208,7 @@ def test_torchrun_two_cpu_processes_train_with_ddp(data: dict[str, Path], tmp_pa
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "apes_cli", "train",
          "--modality", "face", "--sampling", "within", "--task", "seen", "--params", str(tmp_path / "params.yaml"),
          "--crops-dir", str(data["crops"]), "--mels-dir", str(data["mels"]), "--triplets-dir", str(data["triplets"]),
-         "--out", str(tmp_path / "models"), "--metrics-dir", str(tmp_path / "metrics")],
+         "--out", str(tmp_path / "models"), "--metrics", str(tmp_path / "metrics" / "train_face_within_seen.json")],
         capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
     assert done.returncode == 0, done.stderr[-2000:]
     metrics = json.loads((tmp_path / "metrics" / "train_face_within_seen.json").read_text())
@@ -213,9 +218,9 @@ def test_torchrun_two_cpu_processes_train_with_ddp(data: dict[str, Path], tmp_pa
 
 
 def test_paper_profile_uses_the_papers_schedule_and_full_epochs() -> None:
-    paper = dataclasses.replace(Params().train, profile="paper")
+    paper = dataclasses.replace(TrainParams(), profile="paper")
     assert resolve_schedule(paper, "face", anchors=1000) == Schedule(3e-4, 70, 30, 384, 8)
     assert resolve_schedule(paper, "voice", anchors=128) == Schedule(5e-4, 120, 50, 384, 1)
     assert resolve_schedule(paper, "crossmodal", anchors=129).steps_per_epoch == 2
-    embedded = Params().train
+    embedded = TrainParams()
     assert resolve_schedule(embedded, "face", 1000).lr == embedded.face.lr

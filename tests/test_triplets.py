@@ -15,7 +15,7 @@ from train_data import TinySpec, write_tiny_shards
 from typer.testing import CliRunner
 
 from apes_cli.main import app
-from stages.core.config import Params
+from stages.core.config import TripletParams
 from stages.core.errors import DataError
 from stages.core.schemas import TRACKLETS
 from stages.learning.losses import pair_masks
@@ -23,7 +23,7 @@ from stages.learning.pool import Tracks
 from stages.learning.samplers import PKSampler, TripletSampler
 from stages.learning.strategies import strategy_named
 from stages.learning.tracklets import read_tracklet_table, sampling_statistics
-from stages.triplets import run_triplets
+from stages.triplets import run as triplets
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
 
 def test_tasks_follow_labels_audible_speech_and_snippets(tiny: tuple[Path, Path, Path]) -> None:
     root, crops, mels = tiny
-    metrics = run_triplets(Params(), crops, mels, root / "triplets", root / "triplets.json")
+    metrics = triplets(TripletParams(), crops, mels, root / "triplets")
     seen, heard = read_tracklet_table(root / "triplets", "seen"), read_tracklet_table(root / "triplets", "seen_heard")
     # per video: 4 identities x 3 tracklets, minus one unlabelled and one ambiguous; tracklet 1 of each is silent
     assert seen.num_rows == 2 * 10 and heard.num_rows == 2 * 6
@@ -44,13 +44,12 @@ def test_tasks_follow_labels_audible_speech_and_snippets(tiny: tuple[Path, Path,
     assert min(heard["n_snippets"].to_pylist()) >= 1
     assert metrics["skipped_unlabelled"] == 2 and metrics["skipped_ambiguous"] == 2
     assert seen["track"].to_pylist() == list(range(seen.num_rows))
-    written = json.loads((root / "triplets.json").read_text())
-    assert written["tasks"]["seen"]["strategies"]["within"] == sampling_statistics(seen)["within"]
+    assert metrics["tasks"]["seen"]["strategies"]["within"] == sampling_statistics(seen)["within"]
 
 
 def test_table2_statistics_match_brute_force(tiny: tuple[Path, Path, Path]) -> None:
     root, crops, mels = tiny
-    run_triplets(Params(), crops, mels, root / "triplets", root / "triplets.json")
+    triplets(TripletParams(), crops, mels, root / "triplets")
     rows = read_tracklet_table(root / "triplets", "seen").to_pylist()
     stats = sampling_statistics(read_tracklet_table(root / "triplets", "seen"))
     within_neg = [sum(o["video_id"] == r["video_id"] and o["identity"] != r["identity"] for o in rows) for r in rows]
@@ -68,8 +67,7 @@ def test_a_val_identity_in_train_is_refused(tmp_path: Path) -> None:
     (crops / "val" / "val00.parquet").replace(crops / "val" / "train00.parquet")
     (crops / "val" / "train00.parquet").write_bytes((crops / "train" / "train00.parquet").read_bytes())
     with pytest.raises(DataError, match="both train and val"):
-        run_triplets(Params(), crops, mels, tmp_path / "triplets", tmp_path / "t.json")
-    assert not (tmp_path / "t.json").exists()
+        triplets(TripletParams(), crops, mels, tmp_path / "triplets")
 
 
 def test_cli_reports_missing_shards_with_exit_2(tmp_path: Path) -> None:
@@ -207,9 +205,13 @@ def test_triplet_batches_equal_their_rederivation_from_the_rules(tracks: Tracks,
     assert np.array_equal(sampler.batch(1, step).items["crops"], _reference_triplets(tracks, strategy, 10, seed, 1, step))
 
 
-def test_tables_are_written_atomically_and_read_back(tiny: tuple[Path, Path, Path]) -> None:
+def test_cli_writes_tables_atomically_and_the_metrics(tiny: tuple[Path, Path, Path]) -> None:
     root, crops, mels = tiny
-    run_triplets(Params(), crops, mels, root / "out", root / "m.json")
+    result = CliRunner().invoke(app, ["triplets", "--crops-dir", str(crops), "--mels-dir", str(mels),
+                                      "--out", str(root / "out"), "--metrics", str(root / "m.json")])
+    assert result.exit_code == 0, result.output
+    written = json.loads((root / "m.json").read_text())
+    assert written["tasks"]["seen"]["strategies"] == sampling_statistics(read_tracklet_table(root / "out", "seen"))
     assert not list((root / "out").glob(".*.tmp"))
     assert pq.read_table(root / "out" / "seen.parquet").num_rows == 20
     (root / "out" / "seen.parquet").replace(root / "out" / "seen_heard.parquet")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
-from apes_cli.common import ParamsOption, friendly_errors, print_metrics, read_params
-from stages.core.config import MODALITIES, STRATEGIES, TASKS
+from apes_cli.common import Modality, ParamsOption, Sampling, Task, friendly_errors, read_params, report_metrics
 from stages.core.errors import ConfigError
+from stages.core.runs import Run
 
 NAME = "evaluate"
 HELP = (
@@ -17,55 +17,55 @@ HELP = (
     "A trained run:   apes-cli evaluate --modality face --sampling within --task seen_heard\n\n"
     "Random weights:  apes-cli evaluate --modality face --task seen_heard --untrained\n\n"
     "Random ranking:  apes-cli evaluate --random --task seen_heard\n\n"
-    "Any method:      apes-cli evaluate --embeddings mine.parquet --out mine.json  (docs/evaluation.md)"
+    "Any method:      apes-cli evaluate --embeddings mine.parquet --metrics mine.json  (docs/evaluation.md)"
 )
 
 
-def _choice(value: str | None, allowed: tuple[str, ...], option: str) -> str:
+def _required(value: Optional[str], option: str) -> str:
+    """An option this mode cannot do without."""
     if value is None:
-        raise ConfigError(option, f"required here; one of {', '.join(allowed)}", "command line")
-    if value not in allowed:
-        raise ConfigError(option, f"unknown value {value!r}; expected one of {', '.join(allowed)}", "command line")
+        raise ConfigError(option, "required here (see apes-cli evaluate --help)", "command line")
     return value
 
 
 @friendly_errors
 def command(
-    modality: Annotated[str | None, typer.Option(help=f"Which network: {', '.join(MODALITIES)}.")] = None,
-    sampling: Annotated[str | None, typer.Option(help=f"Training sampling: {', '.join(STRATEGIES)}.")] = None,
-    task: Annotated[str | None, typer.Option(help=f"Benchmark task: {', '.join(TASKS)}.")] = None,
-    seed: Annotated[int | None, typer.Option(
-        help="Training seed of the run (default: params seed); also seeds the untrained weights.")] = None,
+    modality: Annotated[Optional[Modality], typer.Option(help="Which network.")] = None,
+    sampling: Annotated[Optional[Sampling], typer.Option(help="Training sampling of the run.")] = None,
+    task: Annotated[Optional[Task], typer.Option(help="Benchmark task.")] = None,
+    seed: Annotated[Optional[int], typer.Option(
+        min=0, help="Training seed of the run (default: params seed); also seeds the untrained weights.")] = None,
     untrained: Annotated[bool, typer.Option(
         "--untrained", help="Evaluate the network with seeded random weights (the report's Untrained row).")] = False,
     random: Annotated[bool, typer.Option(
-        "--random", help="Write the exact expected metrics of a random ranking (the report's Random row).")] = False,
-    embeddings: Annotated[Path | None, typer.Option(
+        "--random", help="The exact expected metrics of a random ranking (the report's Random row).")] = False,
+    embeddings: Annotated[Optional[Path], typer.Option(
         help="Evaluate this embeddings Parquet (video_id, entity_id, identity, embedding) instead.")] = None,
-    out: Annotated[Path | None, typer.Option(
-        help="Metrics JSON to write (default: metrics/eval_<run>.json).")] = None,
+    out: Annotated[Path, typer.Option(
+        help="Folder of the val embeddings of a run: <out>/<run>.parquet.")] = Path("data/embeddings"),
+    metrics: Annotated[Optional[Path], typer.Option(
+        help="Metrics JSON (default: metrics/eval_<run>.json, metrics/eval_random_<task>.json or "
+             "metrics/eval_file_<name>.json).")] = None,
     crops_dir: Annotated[Path, typer.Option(help="Crop shards (read: <dir>/val/*.parquet).")] = Path("data/crops"),
     mels_dir: Annotated[Path, typer.Option(help="Mel shards (read: <dir>/val/*.parquet).")] = Path("data/mels"),
     models_dir: Annotated[Path, typer.Option(help="Trained runs: <dir>/<run>/model.pt.")] = Path("models"),
-    embeddings_dir: Annotated[Path, typer.Option(
-        help="Where the val embeddings of a run are written.")] = Path("data/embeddings"),
-    metrics_dir: Annotated[Path, typer.Option(help="Where metrics/eval_<run>.json goes.")] = Path("metrics"),
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Evaluate one run, a baseline, or an embeddings file."""
     from stages import evaluate as stage  # imported here so `apes-cli --help` starts without torch
     if embeddings is not None:
-        target = out or metrics_dir / f"eval_file_{embeddings.stem}.json"
-        print_metrics(stage.evaluate_embeddings_file(embeddings, target))
+        report_metrics(stage.run_embeddings_file(embeddings),
+                       metrics or Path("metrics") / f"eval_file_{embeddings.stem}.json")
         return
-    settings = read_params(params)
-    task = _choice(task, TASKS, "--task")
+    task_name = _required(task and task.value, "--task")
     if random:
-        tracklets = stage.val_tracklets(crops_dir, mels_dir, task)
-        print_metrics(stage.evaluate_random(tracklets, task, out or metrics_dir / f"eval_random_{task}.json"))
+        report_metrics(stage.run_random(crops_dir, mels_dir, task_name),
+                       metrics or Path("metrics") / f"eval_random_{task_name}.json")
         return
-    modality = _choice(modality, MODALITIES, "--modality")
-    sampling = None if untrained else _choice(sampling, STRATEGIES, "--sampling")
-    run = stage.Run(modality, sampling, task, settings.seed if seed is None else seed, seed is not None)
-    print_metrics(stage.evaluate_run(run, settings, crops_dir=crops_dir, mels_dir=mels_dir, models_dir=models_dir,
-                                     embeddings_dir=embeddings_dir, out=out or metrics_dir / f"eval_{run.name}.json"))
+    loaded = read_params(params)
+    spec = Run(_required(modality and modality.value, "--modality"),
+               None if untrained else _required(sampling and sampling.value, "--sampling"), task_name,
+               loaded.seed if seed is None else seed, seed is not None)
+    result = stage.run(loaded.evaluate, spec, crops_dir, mels_dir, models_dir, out,
+                       precision=loaded.train.precision, untrained_normalize=loaded.train.normalize)
+    report_metrics(result, metrics or Path("metrics") / f"eval_{spec.name}.json")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from apes_cli.common import Bar, ParamsOption, friendly_errors, print_metrics, read_params
+from apes_cli.common import Bar, ParamsOption, friendly_errors, read_params, report_metrics
 
 NAME = "triplets"
 HELP = (
@@ -22,16 +22,16 @@ def command(
     crops_dir: Annotated[Path, typer.Option(
         help="Crop shards (reads <dir>/train and <dir>/val).")] = Path("data/crops"),
     mels_dir: Annotated[Path, typer.Option(help="Mel shards (reads <dir>/train).")] = Path("data/mels"),
-    out: Annotated[Path, typer.Option(help="Where <task>.parquet tracklet tables go.")] = Path("data/triplets"),
+    out: Annotated[Path, typer.Option(help="Folder of the <task>.parquet tracklet tables.")] = Path("data/triplets"),
     metrics: Annotated[Path, typer.Option(help="The stage's metrics JSON.")] = Path("metrics/triplets.json"),
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Write the tracklet tables and Table 2."""
     from stages import triplets as stage  # imported here so `apes-cli --help` starts without torch
-    settings = read_params(params)
+    settings = read_params(params).triplets
     bar = Bar()
     try:
-        result = stage.run_triplets(settings, crops_dir, mels_dir, out, metrics, progress=bar)
+        result = stage.run(settings, crops_dir, mels_dir, out, progress=bar)
     finally:
         bar.close()
-    print_metrics(result)
+    report_metrics(result, metrics)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
 
+from stages.core.config import EvaluateParams
 from stages.core.schemas import EMBEDDINGS
 from stages.learning.datasets import Store, crops_to_tensor, load_store, mels_to_tensor
 from stages.learning.models import Embedder
@@ -89,13 +89,13 @@ def embeddings_table(store: Store, embeddings: np.ndarray) -> pa.Table:
 
 
 def embed_tracklets(model: Embedder, modality: str, crops_dir: str | Path, mels_dir: str | Path | None,
-                    split: str, task: str, params: Any) -> pa.Table:
-    """Embed every tracklet of a split's task (schema EMBEDDINGS), averaging up to
-    `evaluate.crops_per_track` crops and `evaluate.snippets_per_track` snippets, evenly spaced."""
+                    split: str, task: str, settings: EvaluateParams, precision: str) -> pa.Table:
+    """Embed every tracklet of a split's task (schema EMBEDDINGS) under `precision` (train.precision), averaging
+    up to `settings.crops_per_track` crops and `settings.snippets_per_track` snippets, evenly spaced."""
     if modality != model.modality:
         raise ValueError(f"model is {model.modality!r}, asked to embed as {modality!r}")
     store = load_store(crops_dir, mels_dir, split, task, STREAMS[modality],
-                       max_crops=params.evaluate.crops_per_track, max_snippets=params.evaluate.snippets_per_track)
+                       max_crops=settings.crops_per_track, max_snippets=settings.snippets_per_track)
     device = next(model.parameters()).device
-    bf16 = use_bf16(device, params.train.precision)
-    return embeddings_table(store, embed_store(model, store, device, params.evaluate.batch_size, bf16))
+    bf16 = use_bf16(device, precision)
+    return embeddings_table(store, embed_store(model, store, device, settings.batch_size, bf16))

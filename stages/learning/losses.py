@@ -81,3 +81,6 @@ def mined_triplet_loss(distances: torch.Tensor, triplets: tuple[torch.Tensor, to
     if len(a) == 0:
         return distances.sum() * 0.0
     return torch.relu(distances[a, p] - distances[a, n] + margin).mean()
+
+
+MINERS = {"batch_hard": batch_hard_miner, "semi_hard": semi_hard_miner}  # train.mining -> miner
