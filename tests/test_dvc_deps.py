@@ -124,6 +124,18 @@ def test_package_inits_import_nothing_of_the_project() -> None:
             assert imported_files(init) == set(), f"{init} imports project modules"
 
 
+def test_imports_run_one_way() -> None:
+    """apes_cli -> stages/<stage>.py -> layer folders -> stages/core: a layer never reaches back up."""
+    for path in (ROOT / "stages").rglob("*.py"):
+        layer = path.relative_to(ROOT / "stages").parts
+        if len(layer) == 1:
+            continue
+        for target in imported_files(path):
+            inside = target.relative_to(ROOT).parts
+            assert inside[0] == "stages" and len(inside) > 2, f"{path} imports {target}, above its layer"
+            assert layer[0] != "core" or inside[1] == "core", f"{path} imports {target}; core imports only core"
+
+
 # --- params -------------------------------------------------------------------------------------------------
 
 CLICK = typer.main.get_command(app)
@@ -146,10 +158,13 @@ class _ParamsReads:
     def __init__(self, function: ast.FunctionDef, options: dict[str, Any]) -> None:
         self.options, self.keys = options, set()
         self.names = {target.id for node in ast.walk(function) if isinstance(node, ast.Assign)
-                      and isinstance(node.value, ast.Call) and getattr(node.value.func, "id", "") == "read_params"
-                      for target in node.targets if isinstance(target, ast.Name)}
-        assert self.names, "the command loads no params with read_params"
+                      and self.loads(node.value) for target in node.targets if isinstance(target, ast.Name)}
         self.block(function.body)
+
+    @staticmethod
+    def loads(node: ast.AST) -> bool:
+        """Whether the node is a `read_params(...)` call."""
+        return isinstance(node, ast.Call) and getattr(node.func, "id", "") == "read_params"
 
     def decide(self, test: ast.expr) -> bool | None:
         """The truth of a test on the command's options, when the command line settles it."""
@@ -205,15 +220,19 @@ class _ParamsReads:
                 if self.decide(value) is isinstance(node.op, ast.Or):
                     return
             return
+        if isinstance(node, ast.Assign) and self.loads(node.value):
+            return
         chain, root = [], node
         while isinstance(root, ast.Attribute):
             chain.insert(0, root.attr)
             root = root.value
-        if isinstance(root, ast.Name) and root.id in self.names:
-            assert chain or isinstance(node.ctx, ast.Store), (
-                f"line {node.lineno}: the whole Params is handed on; pass the sections or values it needs")
-            if chain:
-                self.keys.add(".".join(chain))
+        if self.loads(root):
+            self.visit(root.func)
+            for argument in root.args:
+                self.visit(argument)
+        if self.loads(root) or isinstance(root, ast.Name) and root.id in self.names:
+            assert chain, f"line {node.lineno}: the whole Params is handed on; pass the sections or values it needs"
+            self.keys.add(".".join(chain))
             return
         for child in ast.iter_child_nodes(node):
             self.visit(child)
@@ -241,6 +260,14 @@ def params_problems(stage: dict[str, Any]) -> list[str]:
     return ([f"reads {key} but does not declare it" for key in sorted(reads)
              if not any(_covers(d, key) for d in declared)]
             + [f"declares {key} but never reads it" for key in declared if not any(_covers(key, r) for r in reads)])
+
+
+@pytest.mark.parametrize("name", list(DVC))
+def test_every_option_on_a_stage_command_line_exists(name: str) -> None:
+    for command in commands(DVC[name]):
+        known = {opt for param in CLICK.commands[command].params for opt in param.opts}
+        arguments = command_line(DVC[name], command)
+        assert [word for word in arguments if word.startswith("--") and word not in known] == [], command
 
 
 @pytest.mark.parametrize("name", list(DVC))

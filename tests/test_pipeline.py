@@ -118,3 +118,20 @@ def test_experiment_changes_only_training_onward_and_metrics_diff_shows_it(proje
     assert any("train_face_within_seen_seed0" in path for path in changed), changed
     params_diff = json.loads(_run(["dvc", "params", "diff", "--json"], project))
     assert params_diff["params.yaml"]["train.margin"]["new"] == 0.5
+
+
+@pytest.mark.slow
+def test_an_evaluation_param_reaches_only_the_evaluations(project: Path) -> None:
+    """The issue 9 case: `-S evaluate.crops_per_track=...` re-ran every training, which never reads it."""
+    params = project / "params.yaml"
+    original = params.read_text()
+    before = set(json.loads(_run(["dvc", "status", "--json"], project)))
+    changed = yaml.safe_load(original)
+    changed["evaluate"]["crops_per_track"] += 1
+    params.write_text(yaml.safe_dump(changed, sort_keys=False))
+    try:
+        stale = set(json.loads(_run(["dvc", "status", "--json"], project))) - before
+    finally:
+        params.write_text(original)
+    assert stale and all(name.startswith(("evaluate_seen", "evaluate_untrained")) for name in stale), stale
+    assert "evaluate_untrained@0" in stale and "evaluate_seen_heard@face-weak-0" in stale

@@ -26,7 +26,7 @@ BOXES = pa.schema([
 FRAME_PLAN = pa.schema(list(BOXES) + [pa.field("frame_index", pa.int32())])
 
 # crop: one row per kept face box, in frame order; `image` is raw uint8 RGB, size x size x 3, row-major
-# (metadata: crop_size, crop_margin, image_format=raw_rgb_uint8). Read with stages.media.shards.read_crops.
+# (metadata: crop_size, crop_margin, image_format=raw_rgb_uint8). To arrays: stages.media.shards.binary_to_array.
 CROPS = pa.schema([
     ("video_id", pa.string()),
     ("split", pa.string()),
@@ -43,7 +43,7 @@ CROPS = pa.schema([
 
 # mel: one row per voice snippet under a track's audible speech; `start` is seconds from the start of
 # the video file; `mel` is float32 log-mel n_mels x frames, row-major (metadata: n_mels, frames,
-# sample_rate, snippet_seconds, hop_length). Read with stages.media.shards.read_mels.
+# sample_rate, snippet_seconds, hop_length). To arrays: stages.media.shards.binary_to_array.
 MELS = pa.schema([
     ("video_id", pa.string()),
     ("split", pa.string()),
