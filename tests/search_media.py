@@ -105,13 +105,13 @@ def _draw(shot: Shot, progress: float, width: int, height: int, faces: tuple[np.
 
 
 def compose(path: Path, shots: list[Shot], width: int = 640, height: int = 360, fps: int = 25,
-            seed: int = 0, crf: int = 26) -> Truth:
+            seed: int = 0, crf: int = 26, noise: float = 0.0005) -> Truth:
     """Encode the shots into `path` (H.264 + AAC) and return the exact truth."""
     faces = group_faces()
     rng = np.random.default_rng(seed)
     total_frames = sum(int(round(s.seconds * fps)) for s in shots)
     audio = np.zeros(int(round(total_frames / fps * RATE)), np.float32)
-    audio += rng.normal(0, 0.002, audio.size).astype(np.float32)  # a quiet room, not digital silence
+    audio += rng.normal(0, noise, audio.size).astype(np.float32)  # a quiet room, not digital silence
     wav = path.with_suffix(".tmp.wav")
     command = [ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
                "-s", f"{width}x{height}", "-r", str(fps), "-i", "pipe:0", "-i", str(wav), "-map", "0:v",

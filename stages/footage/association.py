@@ -1,7 +1,8 @@
 """Speech segments to the on-screen face tracks that are speaking them (Seen & Heard).
 
 Rule: a segment is given to a face track when that track is the only one on screen for most of the
-segment (overlap >= MIN_SHARE of the segment) — the time-overlap rule with a single visible face.
+segment (overlap >= MIN_SHARE of the segment); a track counts as visible from 0.25 s (or a quarter of a short
+segment) of overlap — the time-overlap rule with a single visible face.
 With several faces visible the segment keeps the list of visible tracks but no speaker: the 5-point
 landmarks carry no mouth points, so mouth motion cannot decide here (docs/search.md).
 """
@@ -25,7 +26,7 @@ def associate(segments: list[tuple[float, float]], tracks: list[tuple[int, float
     for start, end in segments:
         length = max(end - start, 1e-6)
         visible = [(tid, overlap(start, end, t0, t1)) for tid, t0, t1 in tracks]
-        visible = [(tid, share) for tid, share in visible if share > 0]
+        visible = [(tid, share) for tid, share in visible if share >= min(0.25, 0.25 * length)]
         ids = [tid for tid, _ in sorted(visible, key=lambda v: -v[1])]
         major = [tid for tid, share in visible if share >= MIN_SHARE * length]
         # the only face on screen: no other track overlaps the segment by more than a sliver

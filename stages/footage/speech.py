@@ -56,7 +56,9 @@ def _vad_model():
 
 @lru_cache(maxsize=1)
 def _encoder():
-    from resemblyzer import VoiceEncoder
+    with warnings.catch_warnings():  # resemblyzer imports a deprecated scipy.ndimage path
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from resemblyzer import VoiceEncoder
     return VoiceEncoder("cpu", verbose=False)
 
 
@@ -73,6 +75,7 @@ def speech_regions(audio: np.ndarray) -> list[tuple[int, int]]:
 
 
 def _mel(audio: np.ndarray) -> np.ndarray:
+    _encoder()  # imports resemblyzer quietly first
     from resemblyzer.audio import wav_to_mel_spectrogram
     audio = np.asarray(audio, np.float32)
     rms = float(np.sqrt(np.mean(np.square(audio)))) if audio.size else 0.0
