@@ -116,8 +116,8 @@ def select_device(setting: str, local_rank: int = 0) -> torch.device:
 
 def join_world(device: str, threads: int) -> World:
     """Read torchrun's environment, pick the device, join the process group, and share the threads."""
-    rank, size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    dev = select_device(device, int(os.environ.get("LOCAL_RANK", 0)))
+    rank, size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    dev = select_device(device, int(os.environ.get("LOCAL_RANK", "0")))
     if size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     torch.set_num_threads(max(1, threads // int(os.environ.get("LOCAL_WORLD_SIZE", size))))
@@ -314,7 +314,7 @@ def run(settings: TrainParams, spec: Run, crops_dir: str | Path, mels_dir: str |
         "batch_size": schedule.batch_size, "lr": schedule.lr, "mining": settings.mining,
         "normalize": settings.normalize, "loss": round(final["loss"], 6), "first_loss": round(history[0]["loss"], 6),
         "val_mAP": round(final["val_mAP"], 4), "train_tracklets": store.tracklets.num_rows,
-        "anchors": int(len(sampler.anchors)), "val_tracklets": val_store.tracklets.num_rows,
+        "anchors": len(sampler.anchors), "val_tracklets": val_store.tracklets.num_rows,
         "images_per_s": round(samples / train_seconds, 1) if train_seconds else None,
         "seconds": round(done.seconds_before + time.perf_counter() - started, 2),
         "resumed_at_epoch": done.first_epoch,

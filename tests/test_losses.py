@@ -74,7 +74,7 @@ def test_semi_hard_picks_nearest_negative_beyond_the_positive_else_the_farthest(
     x_close = torch.tensor([[0.0], [5.0], [0.5]])  # no negative beyond the positive: take the farthest one
     d2 = losses.pairwise_distances(x_close)
     pos2, neg2 = losses.pair_masks(torch.tensor([0, 0, 1]))
-    a2, p2, n2 = losses.semi_hard_miner(d2, pos2, neg2)
+    a2, _, n2 = losses.semi_hard_miner(d2, pos2, neg2)
     assert n2[(a2 == 0)].tolist() == [2]
 
 

@@ -109,7 +109,7 @@ def test_triplet_rules_hold_for_any_data(tracks: Tracks, strategy: str, seed: in
     batch = sampler.batch(epoch=0, step=0)
     owner = _item_owner(tracks)[batch.items["crops"]]
     a, p, n = np.split(owner, 3)
-    ai, pi, ni = np.split(batch.items["crops"], 3)
+    ai, pi, _ = np.split(batch.items["crops"], 3)
     assert (n != a).all()
     if strategy == "weak":
         assert (p == a).all()  # another frame of the anchor's own tracklet
@@ -202,7 +202,8 @@ def test_triplet_batches_equal_their_rederivation_from_the_rules(tracks: Tracks,
         sampler = TripletSampler(tracks, strategy_named(strategy), "face", 30, seed)
     except ValueError:
         return
-    assert np.array_equal(sampler.batch(1, step).items["crops"], _reference_triplets(tracks, strategy, 10, seed, 1, step))
+    expected = _reference_triplets(tracks, strategy, 10, seed, 1, step)
+    assert np.array_equal(sampler.batch(1, step).items["crops"], expected)
 
 
 def test_cli_writes_tables_atomically_and_the_metrics(tiny: tuple[Path, Path, Path]) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -21,7 +21,7 @@ HELP = (
 )
 
 
-def _required(value: Optional[str], option: str) -> str:
+def _required(value: str | None, option: str) -> str:
     """An option this mode cannot do without."""
     if value is None:
         raise ConfigError(option, "required here (see apes-cli evaluate --help)", "command line")
@@ -30,20 +30,20 @@ def _required(value: Optional[str], option: str) -> str:
 
 @friendly_errors
 def command(
-    modality: Annotated[Optional[Modality], typer.Option(help="Which network.")] = None,
-    sampling: Annotated[Optional[Sampling], typer.Option(help="Training sampling of the run.")] = None,
-    task: Annotated[Optional[Task], typer.Option(help="Benchmark task.")] = None,
-    seed: Annotated[Optional[int], typer.Option(
+    modality: Annotated[Modality | None, typer.Option(help="Which network.")] = None,
+    sampling: Annotated[Sampling | None, typer.Option(help="Training sampling of the run.")] = None,
+    task: Annotated[Task | None, typer.Option(help="Benchmark task.")] = None,
+    seed: Annotated[int | None, typer.Option(
         min=0, help="Training seed of the run (default: params seed); also seeds the untrained weights.")] = None,
     untrained: Annotated[bool, typer.Option(
         "--untrained", help="Evaluate the network with seeded random weights (the report's Untrained row).")] = False,
     random: Annotated[bool, typer.Option(
         "--random", help="The exact expected metrics of a random ranking (the report's Random row).")] = False,
-    embeddings: Annotated[Optional[Path], typer.Option(
+    embeddings: Annotated[Path | None, typer.Option(
         help="Evaluate this embeddings Parquet (video_id, entity_id, identity, embedding) instead.")] = None,
     out: Annotated[Path, typer.Option(
         help="Folder of the val embeddings of a run: <out>/<run>.parquet.")] = Path("data/embeddings"),
-    metrics: Annotated[Optional[Path], typer.Option(
+    metrics: Annotated[Path | None, typer.Option(
         help="Metrics JSON (default: metrics/eval_<run>.json, metrics/eval_random_<task>.json or "
              "metrics/eval_file_<name>.json).")] = None,
     crops_dir: Annotated[Path, typer.Option(help="Crop shards (read: <dir>/val/*.parquet).")] = Path("data/crops"),

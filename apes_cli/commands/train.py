@@ -6,7 +6,7 @@ import dataclasses
 import enum
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -41,18 +41,18 @@ class Profile(str, enum.Enum):
 
 @friendly_errors
 def command(
-    modality: Annotated[Modality, typer.Option(help="Network.")] = Modality("face"),
-    sampling: Annotated[Sampling, typer.Option(help="Triplet sampling strategy.")] = Sampling("within"),
-    task: Annotated[Task, typer.Option(help="Task.")] = Task("seen_heard"),
-    seed: Annotated[Optional[int], typer.Option(
+    modality: Annotated[Modality, typer.Option(help="Network.")] = Modality.face,
+    sampling: Annotated[Sampling, typer.Option(help="Triplet sampling strategy.")] = Sampling.within,
+    task: Annotated[Task, typer.Option(help="Task.")] = Task.seen_heard,
+    seed: Annotated[int | None, typer.Option(
         min=0, help="Seed (default: params seed); when given, the run name gets _seed<N>.")] = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue from <out>/<run>/last.pt (same settings) to the same result.")] = False,
     device: Annotated[Device, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = Device.auto,
     out: Annotated[Path, typer.Option(help="Models folder: <out>/<run>/.")] = Path("models"),
-    metrics: Annotated[Optional[Path], typer.Option(
+    metrics: Annotated[Path | None, typer.Option(
         help="Metrics JSON; the per-epoch TSV goes beside it (default: metrics/train_<run>.json).")] = None,
-    profile: Annotated[Optional[Profile], typer.Option(
+    profile: Annotated[Profile | None, typer.Option(
         help="Override train.profile: embedded (params.yaml values) or paper (the paper's schedule).")] = None,
     crops_dir: Annotated[Path, typer.Option(help="Crop shards (<dir>/train, <dir>/val).")] = Path("data/crops"),
     mels_dir: Annotated[Path, typer.Option(help="Mel shards (<dir>/train, <dir>/val).")] = Path("data/mels"),

@@ -133,7 +133,7 @@ def augment_crops(crops: torch.Tensor, rng: np.random.Generator) -> torch.Tensor
     n, _, size, _ = crops.shape
     flip = torch.from_numpy(rng.random(n) < 0.5)
     crops = torch.where(flip.view(-1, 1, 1, 1), crops.flip(3), crops)
-    side = int(round(size * CORNER_CROP))
+    side = round(size * CORNER_CROP)
     corners = ((0, 0), (0, size - side), (size - side, 0), (size - side, size - side),
                ((size - side) // 2, (size - side) // 2))
     choice = rng.integers(0, len(corners), n)
