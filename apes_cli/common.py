@@ -36,6 +36,11 @@ ParamsOption = Annotated[
 ]
 
 
+MetricsOption = Annotated[Path, typer.Option("--metrics", help="Where to write the stage metrics (JSON).")]
+
+WorkersOption = Annotated[Optional[int], typer.Option(
+    "--workers", min=0, help="Videos processed in parallel (0 = one per core). Default: the stage's `workers` param.")]
+
 SplitOption = Annotated[Optional[list[Split]], typer.Option(  # type: ignore[valid-type]
     "--split", help="Split to process (repeatable). Default: both.")]
 

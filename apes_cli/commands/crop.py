@@ -8,7 +8,17 @@ from typing import Annotated, Optional
 
 import typer
 
-from apes_cli.common import Bar, ParamsOption, SplitOption, chosen_splits, friendly_errors, read_params, report_metrics
+from apes_cli.common import (
+    Bar,
+    MetricsOption,
+    ParamsOption,
+    SplitOption,
+    WorkersOption,
+    chosen_splits,
+    friendly_errors,
+    read_params,
+    report_metrics,
+)
 
 NAME = "crop"
 HELP = ("Decode the planned frames with ffmpeg (seeking to the annotated windows) and cut every labelled, "
@@ -26,11 +36,9 @@ def command(
     out: Annotated[Path, typer.Option("--out", help="Output folder for crop shards.")] = Path("data/crops"),
     size: Annotated[Optional[int], typer.Option(
         "--size", help="Crop side in pixels (paper 124). Default: crop.size.")] = None,
-    workers: Annotated[Optional[int], typer.Option(
-        "--workers", min=0, help="Videos processed in parallel (0 = one per core). Default: crop.workers.")] = None,
+    workers: WorkersOption = None,
     split: SplitOption = None,
-    metrics: Annotated[Path, typer.Option("--metrics", help="Where to write the stage metrics (JSON).")] = Path(
-        "metrics/crop.json"),
+    metrics: MetricsOption = Path("metrics/crop.json"),
 ) -> None:
     """Cut face crops for every planned video."""
     from stages import crop  # imported here so `apes-cli --help` starts without torch

@@ -8,7 +8,17 @@ from typing import Annotated, Optional
 
 import typer
 
-from apes_cli.common import Bar, ParamsOption, SplitOption, chosen_splits, friendly_errors, read_params, report_metrics
+from apes_cli.common import (
+    Bar,
+    MetricsOption,
+    ParamsOption,
+    SplitOption,
+    WorkersOption,
+    chosen_splits,
+    friendly_errors,
+    read_params,
+    report_metrics,
+)
 
 NAME = "decode"
 HELP = ("Per video: check the annotations, map every annotated timestamp to its nearest frame (ffmpeg "
@@ -24,11 +34,9 @@ def command(
         "--raw", help="Raw layout folder (videos + annotations). Default: data.raw_dir from params.")] = None,
     out: Annotated[Path, typer.Option("--out", help="Output folder for frame plans and audio.")] = Path(
         "data/decoded"),
-    workers: Annotated[Optional[int], typer.Option(
-        "--workers", min=0, help="Videos processed in parallel (0 = one per core). Default: decode.workers.")] = None,
+    workers: WorkersOption = None,
     split: SplitOption = None,
-    metrics: Annotated[Path, typer.Option("--metrics", help="Where to write the stage metrics (JSON).")] = Path(
-        "metrics/decode.json"),
+    metrics: MetricsOption = Path("metrics/decode.json"),
 ) -> None:
     """Plan frames and extract audio for every annotated video."""
     from stages import decode  # imported here so `apes-cli --help` starts without torch

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from tqdm import tqdm
 
-from apes_cli.common import Bar, ParamsOption, friendly_errors, read_params, report_metrics
+from apes_cli.common import Bar, MetricsOption, ParamsOption, friendly_errors, read_params, report_metrics
 
 NAME = "download"
 HELP = (
@@ -44,8 +44,7 @@ def command(
                         "(default: download.limit).")] = None,
     workers: Annotated[Optional[int], typer.Option(
         "--workers", min=1, help="Parallel downloads (default: download.workers).")] = None,
-    metrics: Annotated[Path, typer.Option(
-        "--metrics", help="Where to write the stage metrics (JSON).")] = Path("metrics/download.json"),
+    metrics: MetricsOption = Path("metrics/download.json"),
 ) -> None:
     """Download AVA + APES into the raw layout."""
     from stages import download  # imported here so `apes-cli --help` starts without torch

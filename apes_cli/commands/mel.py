@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from apes_cli.common import Bar, ParamsOption, SplitOption, chosen_splits, friendly_errors, read_params, report_metrics
+from apes_cli.common import (
+    Bar,
+    MetricsOption,
+    ParamsOption,
+    SplitOption,
+    WorkersOption,
+    chosen_splits,
+    friendly_errors,
+    read_params,
+    report_metrics,
+)
 
 NAME = "mel"
 HELP = ("For each labelled face track, cut mel.snippet_seconds snippets of the decoded 16 kHz audio under its "
@@ -22,11 +32,9 @@ def command(
     params: ParamsOption = Path("params.yaml"),
     decoded: Annotated[Path, typer.Option("--decoded", help="Output folder of `decode`.")] = Path("data/decoded"),
     out: Annotated[Path, typer.Option("--out", help="Output folder for mel shards.")] = Path("data/mels"),
-    workers: Annotated[Optional[int], typer.Option(
-        "--workers", min=0, help="Videos processed in parallel (0 = one per core). Default: mel.workers.")] = None,
+    workers: WorkersOption = None,
     split: SplitOption = None,
-    metrics: Annotated[Path, typer.Option("--metrics", help="Where to write the stage metrics (JSON).")] = Path(
-        "metrics/mel.json"),
+    metrics: MetricsOption = Path("metrics/mel.json"),
 ) -> None:
     """Compute voice snippet log-mels for every decoded video."""
     from stages import mel  # imported here so `apes-cli --help` starts without torch

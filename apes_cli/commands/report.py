@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from apes_cli.common import Bar, ParamsOption, friendly_errors, read_params, report_metrics
+from apes_cli.common import Bar, MetricsOption, ParamsOption, friendly_errors, read_params, report_metrics
 from stages.core.errors import ConfigError
 
 NAME = "report"
@@ -39,8 +39,7 @@ def command(
     crops_dir: Annotated[Path, typer.Option(help="Crop shards, for the retrieval figure.")] = Path("data/crops"),
     out: Annotated[Path, typer.Option(
         help="Output folder for benchmark.md, benchmark.json and benchmark_examples.png.")] = Path("metrics"),
-    metrics: Annotated[Path, typer.Option(help="Where to write the stage metrics (JSON).")] = Path(
-        "metrics/report.json"),
+    metrics: MetricsOption = Path("metrics/report.json"),
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Write the benchmark report."""

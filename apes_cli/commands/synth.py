@@ -8,7 +8,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from apes_cli.common import Bar, ParamsOption, friendly_errors, read_params, report_metrics
+from apes_cli.common import (
+    Bar,
+    MetricsOption,
+    ParamsOption,
+    WorkersOption,
+    friendly_errors,
+    read_params,
+    report_metrics,
+)
 
 NAME = "synth"
 HELP = ("Generate the embedded mini-APES: untrimmed mp4 videos (procedural faces, espeak-ng voices, music "
@@ -23,10 +31,8 @@ def command(
         "--out", help="Raw layout folder to write (replaced whole). Default: data.raw_dir from params.")] = None,
     seed: Annotated[Optional[int], typer.Option(
         "--seed", help="Random seed of the generator. Default: `seed` from params.")] = None,
-    workers: Annotated[Optional[int], typer.Option(
-        "--workers", min=0, help="Videos rendered in parallel (0 = one per core). Default: synth.workers.")] = None,
-    metrics: Annotated[Path, typer.Option(
-        "--metrics", help="Where to write the data set statistics (JSON).")] = Path("metrics/synth.json"),
+    workers: WorkersOption = None,
+    metrics: MetricsOption = Path("metrics/synth.json"),
 ) -> None:
     """Generate the embedded data set."""
     from stages import synth  # imported here so `apes-cli --help` starts without torch

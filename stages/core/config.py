@@ -369,12 +369,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     return params_from_dict(raw, path)
 
 
-def with_overrides(params: Params, **sections: Any) -> Params:
-    """Return a copy of `params` with some top-level fields replaced (CLI options override params)."""
-    return dataclasses.replace(params, **sections)
-
-
 __all__ = [
-    "Params", "load_params", "params_from_dict", "with_overrides",
+    "Params", "load_params", "params_from_dict",
     "TASKS", "STRATEGIES", "MODALITIES", "SOURCES",
 ]
