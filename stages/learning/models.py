@@ -75,11 +75,6 @@ class Embedder(nn.Module):
         self.voice = VoiceStream() if modality in ("voice", "crossmodal") else None
         self.project = nn.Linear(2 * EMBEDDING_DIM, EMBEDDING_DIM) if modality == "crossmodal" else None
 
-    @property
-    def output_key(self) -> str:
-        """Which output ranks tracklets: the stream itself, or 'joint' for the cross-modal model."""
-        return "joint" if self.modality == "crossmodal" else self.modality
-
     def joint(self, face: torch.Tensor, voice: torch.Tensor) -> torch.Tensor:
         """The cross-modal projection of (face, voice) features."""
         return self.project(torch.cat([face, voice], dim=1))
