@@ -254,6 +254,43 @@ class Trainer:
         return Progression(state["epoch"], state["history"])
 
 
+@dataclass(frozen=True)
+class Data:
+    """A run's train and val items in RAM, its sampler and the schedule the profile resolves to."""
+
+    store: Store
+    val_store: Store
+    sampler: TripletSampler | PKSampler
+    schedule: Schedule
+
+    @property
+    def crop_size(self) -> int:
+        """Side of the training crops in pixels (0 for a voice run)."""
+        return int(self.store.crops.shape[1]) if "crops" in self.sampler.streams else 0
+
+    def signature(self, settings: TrainParams, spec: Run, world: World) -> dict[str, Any]:
+        """The settings a resumed run must share with the one that wrote last.pt."""
+        return {"run": spec.name, "seed": spec.seed, "schedule": self.schedule.__dict__, "mining": settings.mining,
+                "normalize": settings.normalize, "margin": settings.margin, "pk_k": settings.pk_k,
+                "pretrained": settings.pretrained, "max_crops_per_track": settings.max_crops_per_track,
+                "world": world.size, "tracklets": self.store.tracklets.num_rows}
+
+
+def load_data(settings: TrainParams, spec: Run, crops_dir: str | Path, mels_dir: str | Path,
+              triplets_dir: str | Path) -> Data:
+    """Decode the task's train items (tracklets of the triplets stage) and val items; size the schedule."""
+    streams = STREAMS[spec.modality]
+    store = load_store(crops_dir, mels_dir, "train", spec.task, streams, max_crops=settings.max_crops_per_track,
+                       tracklets=read_tracklet_table(triplets_dir, spec.task))
+    val_store = load_store(crops_dir, mels_dir, "val", spec.task, streams,
+                           max_crops=settings.val_items_per_track, max_snippets=settings.val_items_per_track)
+    try:
+        schedule = resolve_schedule(settings, spec.modality, len(make_sampler(store, spec, settings, 3).anchors))
+        return Data(store, val_store, make_sampler(store, spec, settings, schedule.batch_size), schedule)
+    except ValueError as error:
+        raise TrainingError(f"run {spec.name}: {error}") from None
+
+
 def run(settings: TrainParams, spec: Run, crops_dir: str | Path, mels_dir: str | Path, triplets_dir: str | Path,
         models_dir: str | Path, history_path: str | Path, *, eval_batch_size: int, device: str = "auto",
         resume: bool = False, progress: Progress | None = None) -> dict[str, Any]:
@@ -262,25 +299,14 @@ def run(settings: TrainParams, spec: Run, crops_dir: str | Path, mels_dir: str |
     progress = progress or Silent()
     world = join_world(device, settings.threads)
     _seed_everything(spec.seed)
-    streams = STREAMS[spec.modality]
-    store = load_store(crops_dir, mels_dir, "train", spec.task, streams, max_crops=settings.max_crops_per_track,
-                       tracklets=read_tracklet_table(triplets_dir, spec.task))
-    val_store = load_store(crops_dir, mels_dir, "val", spec.task, streams,
-                           max_crops=settings.val_items_per_track, max_snippets=settings.val_items_per_track)
-    try:
-        schedule = resolve_schedule(settings, spec.modality, len(make_sampler(store, spec, settings, 3).anchors))
-        sampler = make_sampler(store, spec, settings, schedule.batch_size)
-    except ValueError as error:
-        raise TrainingError(f"run {spec.name}: {error}") from None
+    data = load_data(settings, spec, crops_dir, mels_dir, triplets_dir)
+    schedule, sampler = data.schedule, data.sampler
     trainer = Trainer(settings, spec, schedule, world)
-    signature = {"run": spec.name, "seed": spec.seed, "schedule": schedule.__dict__, "mining": settings.mining,
-                 "normalize": settings.normalize, "margin": settings.margin, "pk_k": settings.pk_k,
-                 "pretrained": settings.pretrained, "max_crops_per_track": settings.max_crops_per_track,
-                 "world": world.size, "tracklets": store.tracklets.num_rows}
+    signature = data.signature(settings, spec, world)
     run_dir = Path(models_dir) / spec.name
     done = trainer.resume(run_dir / "last.pt", signature) if resume else Progression()
     history = done.history
-    dataset = BatchDataset(store, sampler, spec.seed, world.rank, world.size)
+    dataset = BatchDataset(data.store, sampler, spec.seed, world.rank, world.size)
     progress.start((schedule.epochs - done.first_epoch) * schedule.steps_per_epoch, f"train {spec.name}")
     samples, train_seconds = 0, 0.0
     for epoch in range(done.first_epoch, schedule.epochs):
@@ -293,14 +319,13 @@ def run(settings: TrainParams, spec: Run, crops_dir: str | Path, mels_dir: str |
         due = epoch + 1 == schedule.epochs or (epoch + 1) % settings.val_every == 0
         val_map = float("nan")
         if world.leader and due:
-            val_map = validate(trainer.model, val_store, world.device, eval_batch_size, trainer.bf16,
+            val_map = validate(trainer.model, data.val_store, world.device, eval_batch_size, trainer.bf16,
                                Path(crops_dir) / "val")["mAP"]
         history.append({"epoch": epoch + 1, "loss": loss, "val_mAP": val_map,
                         "seconds": round(done.seconds_before + time.perf_counter() - started, 2)})
         if world.leader:
             trainer.model.meta = {"run": spec.name, "sampling": spec.sampling, "task": spec.task, "seed": spec.seed,
-                                  "epochs": epoch + 1,
-                                  "crop_size": int(store.crops.shape[1]) if "crops" in streams else 0}
+                                  "epochs": epoch + 1, "crop_size": data.crop_size}
             _save(run_dir / "last.pt", trainer.state(epoch + 1, history, signature))
             _write_history(Path(history_path), history)
         world.barrier()
@@ -313,8 +338,8 @@ def run(settings: TrainParams, spec: Run, crops_dir: str | Path, mels_dir: str |
         "threads": torch.get_num_threads(), "epochs": final["epoch"], "steps_per_epoch": schedule.steps_per_epoch,
         "batch_size": schedule.batch_size, "lr": schedule.lr, "mining": settings.mining,
         "normalize": settings.normalize, "loss": round(final["loss"], 6), "first_loss": round(history[0]["loss"], 6),
-        "val_mAP": round(final["val_mAP"], 4), "train_tracklets": store.tracklets.num_rows,
-        "anchors": len(sampler.anchors), "val_tracklets": val_store.tracklets.num_rows,
+        "val_mAP": round(final["val_mAP"], 4), "train_tracklets": data.store.tracklets.num_rows,
+        "anchors": len(sampler.anchors), "val_tracklets": data.val_store.tracklets.num_rows,
         "images_per_s": round(samples / train_seconds, 1) if train_seconds else None,
         "seconds": round(done.seconds_before + time.perf_counter() - started, 2),
         "resumed_at_epoch": done.first_epoch,
