@@ -184,7 +184,7 @@ def test_mouth_follows_the_speech_labels() -> None:
                             not_audible_share=0.0)
     rng = np.random.default_rng(3)
     cast = synth_video._cast(rng, rng, "vid", p)
-    shots = synth_video._shots(rng, cast, p)
+    shots = synth_video._shots(rng, cast, p.shots_per_video, p)
     audio, segments = synth_video._speech(rng, rng, cast, shots, voices.draw_cast_voices(rng, 1, 0.0), p)
     tracks = synth_video._tracks(rng, "vid", cast, shots, segments, p)
     speaking = np.concatenate([t.mouth[np.array(t.labels) == "SPEAKING_AUDIBLE"] for t in tracks])
@@ -266,9 +266,18 @@ def test_screen_time_has_a_long_tail_and_a_quarter_of_the_cast_is_silent() -> No
     for seed in range(3):
         rng = np.random.default_rng(seed)
         cast = synth_video._cast(rng, rng, "vid", p)
-        shots = synth_video._shots(rng, cast, p)
+        shots = synth_video._shots(rng, cast, p.shots_per_video, p)
         counts = sorted(Counter(person for shot in shots for person in shot.people).values(), reverse=True)
         assert len(counts) == len(cast)                  # everyone is on screen at least once
         assert counts[0] > 3 * np.median(counts)         # main characters get most shots
         assert sum(c.silent for c in cast) == round(p.silent_share * len(cast))
         assert not cast[0].silent and not cast[1].silent
+
+
+def test_val_videos_grow_evenly_over_the_scale_and_train_videos_stay_alike() -> None:
+    p = dataclasses.replace(MICRO, shots_per_video=10, val_videos=3, val_shots_scale=(1.0, 3.0))
+    assert [p.shots("train", i) for i in range(3)] == [10, 10, 10]
+    assert [p.shots("val", i) for i in range(3)] == [10, 20, 30]
+    one = dataclasses.replace(p, val_videos=1)
+    assert one.shots("val", 0) == 10
+

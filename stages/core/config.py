@@ -43,6 +43,7 @@ class SynthParams:
     train_videos: int = 12
     val_videos: int = 4
     shots_per_video: int = 65
+    val_shots_scale: tuple[float, float] = (1.0, 1.0)
     shot_seconds: tuple[float, float] = (1.0, 2.5)
     intro_seconds: float = 2.0
     identities_per_video: tuple[int, int] = (8, 14)
@@ -65,6 +66,8 @@ class SynthParams:
         _check(self.train_videos >= 1, f"{key}.train_videos", "expected at least 1")
         _check(self.val_videos >= 1, f"{key}.val_videos", "expected at least 1")
         _check(self.shots_per_video >= 1, f"{key}.shots_per_video", "expected at least 1")
+        _check(0 < self.val_shots_scale[0] <= self.val_shots_scale[1], f"{key}.val_shots_scale",
+               "expected 0 < min <= max")
         _check(0 < self.shot_seconds[0] <= self.shot_seconds[1], f"{key}.shot_seconds", "expected 0 < min <= max")
         _check(self.intro_seconds >= 0, f"{key}.intro_seconds", "expected >= 0")
         lo, hi = self.identities_per_video
@@ -78,6 +81,14 @@ class SynthParams:
             _check(0.0 <= getattr(self, name) <= 1.0, f"{key}.{name}", "expected a value in [0, 1]")
         _check(self.snr_db[0] <= self.snr_db[1], f"{key}.snr_db", "expected min <= max")
         _check(self.workers >= 0, f"{key}.workers", "expected >= 0 (0 = one per core)")
+
+    def shots(self, split: str, index: int) -> int:
+        """Shots of one video: train videos all alike, val video i scaled evenly from min to max of the spread."""
+        if split != "val":
+            return self.shots_per_video
+        lo, hi = self.val_shots_scale
+        scale = lo + (hi - lo) * index / max(1, self.val_videos - 1)
+        return max(1, int(round(self.shots_per_video * scale)))
 
 
 @dataclass(frozen=True)

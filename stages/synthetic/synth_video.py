@@ -87,12 +87,12 @@ def _cast(rng: np.random.Generator, voice_rng: np.random.Generator, video_id: st
             for i in range(count)]
 
 
-def _shots(rng: np.random.Generator, cast: list[Person], p: SynthParams) -> list[Shot]:
+def _shots(rng: np.random.Generator, cast: list[Person], count: int, p: SynthParams) -> list[Shot]:
     weights = np.array([c.weight for c in cast])
     order = rng.permutation(len(cast))
     frame = int(round(p.intro_seconds * p.fps))
     shots = []
-    for index in range(p.shots_per_video):
+    for index in range(count):
         size = int(rng.choice([1, 2, 3], p=[0.4, 0.38, 0.22]))
         size = min(size, len(cast))
         people = [int(order[index])] if index < len(cast) else []   # everyone appears at least once
@@ -302,7 +302,7 @@ def generate_video(seed: int, split: str, index: int, p: SynthParams, directory:
     video_id = video_id_for(id_rng, split, index)
     voices.reset(int(id_rng.integers(1 << 31)))
     cast = _cast(plan_rng, voice_rng, video_id, p)
-    shots = _shots(plan_rng, cast, p)
+    shots = _shots(plan_rng, cast, p.shots(split, index), p)
     outsiders = voices.draw_cast_voices(voice_rng, 3, 0.0)
     audio, segments = _speech(audio_rng, bed_rng, cast, shots, outsiders, p)
     tracks = _tracks(track_rng, video_id, cast, shots, segments, p)
