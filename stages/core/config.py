@@ -202,6 +202,9 @@ class OptimParams:
         _check(self.step_epochs >= 1, f"{key}.step_epochs", "expected >= 1")
 
 
+PROFILES = ("embedded", "paper", "authors")  # params.yaml's schedule, the paper's text, the authors' released code
+
+
 @dataclass(frozen=True)
 class TrainParams:
     """Triplet training of the face, voice and cross-modal networks."""
@@ -217,6 +220,7 @@ class TrainParams:
     pretrained: str = ""
     steps_per_epoch: int = 14
     precision: str = "auto"
+    compile: bool = False
     max_crops_per_track: int = 16
     val_every: int = 1
     val_items_per_track: int = 2
@@ -225,7 +229,7 @@ class TrainParams:
     crossmodal: OptimParams = OptimParams(lr=3e-4, epochs=2, step_epochs=2)
 
     def validate(self, key: str) -> None:
-        _check(self.profile in ("embedded", "paper"), f"{key}.profile", "expected 'embedded' or 'paper'")
+        _check(self.profile in PROFILES, f"{key}.profile", f"expected one of {PROFILES}")
         _check(self.margin > 0, f"{key}.margin", "expected > 0")
         _check(self.batch_size >= 3, f"{key}.batch_size", "expected >= 3")
         _check(self.mining in ("none", "batch_hard", "semi_hard"), f"{key}.mining",
