@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 import json
@@ -19,6 +20,7 @@ from stages.core.errors import ApesError
 from stages.rawdata.layout import SPLITS
 
 F = TypeVar("F", bound=Callable[..., Any])
+S = TypeVar("S")
 
 
 def _choices(name: str, values: tuple[str, ...]) -> type[enum.Enum]:
@@ -77,6 +79,23 @@ class Bar:
 def read_params(path: Path) -> Params:
     """Load params.yaml, turning a problem into a clear error."""
     return load_params(path)
+
+
+def overridden(section: S, key: str, **options: Any) -> S:
+    """A params section with the command-line options that were given (not None) in its place, checked again."""
+    section = dataclasses.replace(section, **{name: value for name, value in options.items() if value is not None})
+    section.validate(key)  # type: ignore[attr-defined]
+    return section
+
+
+def run_stage(run: Callable[..., dict[str, Any]], *inputs: Any, metrics: Path, bar: Bar | None = None) -> None:
+    """Run a stage function under a progress bar, then report its metrics: every stage command's ending."""
+    bar = bar if bar is not None else Bar()
+    try:
+        result = run(*inputs, bar)
+    finally:
+        bar.close()
+    report_metrics(result, metrics)
 
 
 def print_metrics(metrics: dict[str, Any]) -> None:

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from apes_cli.common import (
-    Bar,
     MetricsOption,
     ParamsOption,
     SplitOption,
     WorkersOption,
     chosen_splits,
     friendly_errors,
+    overridden,
     read_params,
-    report_metrics,
+    run_stage,
 )
 
 NAME = "crop"
@@ -43,13 +42,6 @@ def command(
     """Cut face crops for every planned video."""
     from stages import crop  # imported here so `apes-cli --help` starts without torch
     loaded = read_params(params)
-    overrides = {k: v for k, v in (("workers", workers), ("size", size)) if v is not None}
-    settings = dataclasses.replace(loaded.crop, **overrides)
-    settings.validate("crop")
-    bar = Bar()
-    try:
-        result = crop.run(settings, raw if raw is not None else Path(loaded.data.raw_dir), decoded, out,
-                          chosen_splits(split), bar)
-    finally:
-        bar.close()
-    report_metrics(result, metrics)
+    run_stage(crop.run, overridden(loaded.crop, "crop", workers=workers, size=size),
+              raw if raw is not None else Path(loaded.data.raw_dir), decoded, out, chosen_splits(split),
+              metrics=metrics)

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from apes_cli.common import (
-    Bar,
     MetricsOption,
     ParamsOption,
     SplitOption,
     WorkersOption,
     chosen_splits,
     friendly_errors,
+    overridden,
     read_params,
-    report_metrics,
+    run_stage,
 )
 
 NAME = "decode"
@@ -41,11 +40,5 @@ def command(
     """Plan frames and extract audio for every annotated video."""
     from stages import decode  # imported here so `apes-cli --help` starts without torch
     loaded = read_params(params)
-    settings = loaded.decode if workers is None else dataclasses.replace(loaded.decode, workers=workers)
-    bar = Bar()
-    try:
-        result = decode.run(settings, raw if raw is not None else Path(loaded.data.raw_dir), out,
-                            chosen_splits(split), bar)
-    finally:
-        bar.close()
-    report_metrics(result, metrics)
+    run_stage(decode.run, overridden(loaded.decode, "decode", workers=workers),
+              raw if raw is not None else Path(loaded.data.raw_dir), out, chosen_splits(split), metrics=metrics)

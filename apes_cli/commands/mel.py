@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from apes_cli.common import (
-    Bar,
     MetricsOption,
     ParamsOption,
     SplitOption,
     WorkersOption,
     chosen_splits,
     friendly_errors,
+    overridden,
     read_params,
-    report_metrics,
+    run_stage,
 )
 
 NAME = "mel"
@@ -39,10 +38,5 @@ def command(
     """Compute voice snippet log-mels for every decoded video."""
     from stages import mel  # imported here so `apes-cli --help` starts without torch
     loaded = read_params(params)
-    settings = loaded.mel if workers is None else dataclasses.replace(loaded.mel, workers=workers)
-    bar = Bar()
-    try:
-        result = mel.run(settings, decoded, out, chosen_splits(split), bar)
-    finally:
-        bar.close()
-    report_metrics(result, metrics)
+    run_stage(mel.run, overridden(loaded.mel, "mel", workers=workers), decoded, out, chosen_splits(split),
+              metrics=metrics)
