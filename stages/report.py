@@ -3,7 +3,8 @@
 Rows: Random (exact expectation), Untrained (random weights) per modality, then modality x sampling.
 Each cell is the mean over the seeds in `report.seeds` that have a metrics file, with the sample
 standard deviation when there are several; a cell with no file is shown as '—'. The paper's own
-numbers are printed alongside for reference. See docs/evaluation.md.
+numbers are printed alongside for reference. Then the paper's claims, each checked on these numbers
+with a verdict, and the machines the runs were trained on. See docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -49,6 +50,24 @@ PAPER: dict[str, dict[str, tuple[float, ...]]] = {
         "face/across": (33.8, 70.4, 87.6, 88.2, 77.6, 68.6, 59.4),
     },
 }
+
+
+# The paper's findings, each a comparison of two mAP cells: (claim, task, higher row, lower row, strict).
+# strict=False reads "at least as good": it fails only when the first is below beyond noise.
+CLAIMS: tuple[tuple[str, str, str, str, bool], ...] = (
+    ("Face beats Random", "seen_heard", "face/within", "random", True),
+    ("Face beats Random (Seen)", "seen", "face/within", "random", True),
+    ("Voice beats Random", "seen_heard", "voice/within", "random", True),
+    *((f"{m.capitalize()}: Weak below {s.capitalize()}", "seen_heard", f"{m}/{s}", f"{m}/weak", True)
+      for m in MODALITIES for s in ("within", "across")),
+    *((f"Face: Weak below {s.capitalize()} (Seen)", "seen", f"face/{s}", "face/weak", True)
+      for s in ("within", "across")),
+    *((f"Cross-modal at least Face: {s.capitalize()}", "seen_heard", f"crossmodal/{s}", f"face/{s}", False)
+      for s in STRATEGIES),
+    *((f"Seen harder than Seen & Heard: Face {s.capitalize()}", "", f"face/{s}", f"face/{s}", True)
+      for s in STRATEGIES),
+)
+NOISE_FACTOR = 2.0  # a gap counts only beyond twice the pooled seed std
 
 
 @dataclass(frozen=True)
@@ -141,6 +160,73 @@ def build_tables(records: list[Record], seeds: tuple[int, ...]) -> tuple[dict, l
     return tables, notes
 
 
+def _mean_std(tables: dict, task: str, key: str) -> tuple[float, float, int] | None:
+    """mAP mean, seed std (0 for the exact Random row) and number of runs of one cell; None when empty."""
+    for row in tables[task]:
+        if row["key"] == key and row["cells"]["mAP"]["values"]:
+            cell = row["cells"]["mAP"]
+            return cell["mean"], cell["std"], 0 if key == "random" else len(cell["values"])
+    return None
+
+
+def check_claims(tables: dict) -> list[dict]:
+    """Each paper claim with both cells, the gap, the noise threshold and a verdict."""
+    checked = []
+    for claim, task, high, low, strict in CLAIMS:
+        # "Seen harder": the same row, Seen & Heard above Seen
+        high_task, low_task = ("seen_heard", "seen") if not task else (task, task)
+        a, b = _mean_std(tables, high_task, high), _mean_std(tables, low_task, low)
+        entry = {"claim": claim, "higher": f"{high_task}:{high}", "lower": f"{low_task}:{low}"}
+        if a is None or b is None:
+            checked.append(entry | {"verdict": "not evaluated"})
+            continue
+        gap = a[0] - b[0]
+        noise = NOISE_FACTOR * float(np.sqrt((a[1] ** 2 + b[1] ** 2) / 2))
+        runs = [n for n in (a[2], b[2]) if n]  # the exact Random row has no seeds
+        if not runs or min(runs) < 2:
+            verdict = "one seed: not judged"
+        elif gap > noise:
+            verdict = "holds"
+        elif gap < -noise:
+            verdict = "does not hold"
+        else:
+            verdict = "holds (within noise)" if not strict else "within noise"
+        checked.append(entry | {"a": a[0], "b": b[0], "gap": gap, "noise": noise, "verdict": verdict})
+    return checked
+
+
+def machines(train_dir: str | Path | None) -> list[str]:
+    """One line per distinct (device, precision, CPU/GPU) the trained runs record, with their count."""
+    seen: dict[str, int] = {}
+    for path in sorted(Path(train_dir).glob("train_*.json")) if train_dir else []:
+        try:
+            metrics = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise DataError(path, f"not a readable JSON metrics file: {error}") from None
+        machine = metrics.get("machine") or {}
+        where = machine.get("gpu") or machine.get("cpu") or "unrecorded CPU"
+        detail = ", ".join(filter(None, [machine.get("cpu_capability"), " ".join(machine.get("cpu_flags", []))]))
+        line = f"{metrics.get('device', '?')}, {metrics.get('precision', '?')}: {where}"
+        line += f" ({detail})" if detail and not machine.get("gpu") else ""
+        seen[line] = seen.get(line, 0) + 1
+    return [f"{line} — {count} run{'s' * (count > 1)}" for line, count in seen.items()]
+
+
+def _claims_markdown(claims: list[dict], seeds: tuple[int, ...]) -> list[str]:
+    lines = ["## The paper's claims on this data", "",
+             f"mAP, mean over seeds {list(seeds)}. A gap counts only beyond {NOISE_FACTOR:g}x the pooled seed std "
+             "(sqrt of the mean of the two variances; Random is exact). \"at least\" claims fail only "
+             "when the first is below beyond noise.", "",
+             "| claim | first | second | gap | noise | verdict |", "|---|---:|---:|---:|---:|---|"]
+    for c in claims:
+        if "gap" not in c:
+            lines.append(f"| {c['claim']} | {MISSING} | {MISSING} | | | {c['verdict']} |")
+            continue
+        lines.append(f"| {c['claim']} | {c['a']:.1f} | {c['b']:.1f} | {c['gap']:+.1f} | {c['noise']:.1f} "
+                     f"| {c['verdict']} |")
+    return lines + [""]
+
+
 def _format(cell: dict) -> str:
     ours = MISSING
     if cell["values"]:
@@ -150,10 +236,12 @@ def _format(cell: dict) -> str:
     return ours if cell["paper"] is None else f"{ours} ({cell['paper']:.1f})"
 
 
-def render_markdown(tables: dict, seeds: tuple[int, ...], notes: list[str], figure: str | None) -> str:
-    """The benchmark tables as Markdown, in the paper's layout."""
+def render_markdown(tables: dict, seeds: tuple[int, ...], notes: list[str], figure: str | None,
+                    claims: list[dict], trained_on: list[str]) -> str:
+    """The benchmark tables as Markdown, in the paper's layout, then the claims."""
     lines = [
         "# APES benchmark (val split)", "",
+        "Trained on: " + ("; ".join(trained_on) if trained_on else "no training metrics found") + ".", "",
         "Per query tracklet, the other tracklets of its video are ranked by Euclidean distance; metrics are "
         "averaged per video, then over videos (paper section 4.2; docs/evaluation.md).",
         f"Each cell: this project's value (the paper's value in parentheses). Seeds: {list(seeds)}; with more "
@@ -174,6 +262,7 @@ def render_markdown(tables: dict, seeds: tuple[int, ...], notes: list[str], figu
             cells = " | ".join(_format(row["cells"][c]) for c in COLUMNS)
             lines.append(f"| {row['label']} | {cells} | {runs} |")
         lines.append("")
+    lines += _claims_markdown(claims, seeds)
     if figure:
         lines += ["## Retrieval examples", "",
                   f"![Top-5 retrievals of easy and hard queries; red = wrong identity]({figure})", ""]
@@ -191,7 +280,7 @@ def best_run(tables: dict, records: list[Record]) -> Record | None:
 
 
 def run(settings: ReportParams, eval_dir: str | Path, crops_dir: str | Path, out_dir: str | Path,
-        progress: Progress | None = None) -> dict:
+        train_dir: str | Path | None = None, progress: Progress | None = None) -> dict:
     """Write benchmark.md, benchmark.json and the retrieval figure into `out_dir`; returns the stage metrics."""
     started = time.perf_counter()
     progress = progress or Silent()
@@ -217,13 +306,17 @@ def run(settings: ReportParams, eval_dir: str | Path, crops_dir: str | Path, out
     progress.advance()
     if figure_skip:
         notes.append(f"no retrieval figure: {figure_skip}")
-    markdown = render_markdown(tables, seeds, notes, figure)
+    claims, trained_on = check_claims(tables), machines(train_dir)
+    markdown = render_markdown(tables, seeds, notes, figure, claims, trained_on)
     with atomic_path(out_dir / "benchmark.md") as tmp:
         tmp.write_text(markdown)
     write_json(out_dir / "benchmark.json", {"seeds": list(seeds), "columns": list(COLUMNS), "tasks": tables,
+                                            "claims": claims, "trained_on": trained_on,
                                             "figure": str(figure_png) if figure else None, "notes": notes})
     filled = sum(bool(row["cells"]["mAP"]["values"]) for rows in tables.values() for row in rows)
     total = sum(len(rows) for rows in tables.values())
     return {"files_read": len(records), "files_ignored": ignored, "rows_filled": filled, "rows_total": total,
             "best_run": best.path.name if best else None, "figure": str(figure_png) if figure else None,
-            "figure_skipped": figure_skip, "seconds": round(time.perf_counter() - started, 3)}
+            "figure_skipped": figure_skip, "claims_holding": sum(c["verdict"].startswith("holds") for c in claims),
+            "claims_judged": sum("gap" in c and "not judged" not in c["verdict"] for c in claims),
+            "seconds": round(time.perf_counter() - started, 3)}

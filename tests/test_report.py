@@ -134,3 +134,53 @@ def test_pick_queries_orders_easy_before_hard():
     assert easy_ap == 1.0 and identities[easy_query] == "a" and easy_top[0] in (0, 1)
     assert hard_ap < 1.0 and identities[hard_query] != "a"
     assert len(easy_top) == 5
+
+
+def _trained(task: str, modality: str, sampling: str, seed: int, mAP: float) -> dict:
+    return _metrics(0.0, method="trained", modality=modality, sampling=sampling, task=task, seed=seed) | {"mAP": mAP}
+
+
+def _claim(report: dict, claim: str) -> dict:
+    return next(c for c in report["claims"] if c["claim"] == claim)
+
+
+def test_claims_judge_gaps_against_twice_the_pooled_seed_std(tmp_path):
+    metrics = tmp_path / "metrics"
+    _write(metrics, "eval_random_seen_heard.json", _metrics(0.0, method="random", task="seen_heard") | {"mAP": 20.0})
+    cells = {("face", "within"): (60.0, 64.0, 62.0),    # mean 62, std 2
+             ("face", "weak"): (58.0, 62.0, 60.0),      # mean 60: gap 2 < 2 * pooled std 2 -> noise
+             ("face", "across"): (30.0, 31.0, 32.0),    # mean 31: far below weak -> claim fails
+             ("crossmodal", "within"): (61.0, 63.0, 65.0)}
+    for (modality, sampling), values in cells.items():
+        for seed, value in enumerate(values):
+            _write(metrics, f"eval_{modality}_{sampling}_seen_heard_seed{seed}.json",
+                   _trained("seen_heard", modality, sampling, seed, value))
+    report, markdown, stage = _invoke(metrics, tmp_path, "--seeds", "0,1,2")
+
+    beats_random = _claim(report, "Face beats Random")
+    assert beats_random["gap"] == pytest.approx(42.0)
+    assert beats_random["noise"] == pytest.approx(2 * np.sqrt(4.0 / 2))  # Random is exact: std 0
+    assert beats_random["verdict"] == "holds"
+    within = _claim(report, "Face: Weak below Within")
+    assert within["noise"] == pytest.approx(4.0) and within["verdict"] == "within noise"
+    assert _claim(report, "Face: Weak below Across")["verdict"] == "does not hold"
+    assert _claim(report, "Cross-modal at least Face: Within")["verdict"] == "holds (within noise)"
+    assert _claim(report, "Voice beats Random")["verdict"] == "not evaluated"
+    assert "| Face: Weak below Across | 31.0 | 60.0 | -29.0 |" in markdown
+    assert stage["claims_holding"] == 2
+
+
+def test_one_seed_is_not_judged_and_the_header_names_the_machine(tmp_path):
+    metrics = tmp_path / "metrics"
+    _write(metrics, "eval_random_seen.json", _metrics(0.0, method="random", task="seen"))
+    _write(metrics, "eval_face_within_seen_seed0.json", _trained("seen", "face", "within", 0, 50.0))
+    _write(metrics, "eval_face_within_seen_heard_seed0.json", _trained("seen_heard", "face", "within", 0, 55.0))
+    machine = {"cpu": "Test CPU 9000", "cpu_capability": "AVX512", "cpu_flags": ["avx2", "amx_bf16"]}
+    train = tmp_path / "train"
+    for name in ("train_face_within_seen_seed0.json", "train_face_within_seen_heard_seed0.json"):
+        _write(train, name, {"device": "cpu", "precision": "fp32", "machine": machine})
+    report, markdown, _ = _invoke(metrics, tmp_path, "--seeds", "0", "--train-dir", str(train))
+    assert _claim(report, "Seen harder than Seen & Heard: Face Within")["verdict"] == "one seed: not judged"
+    assert _claim(report, "Seen harder than Seen & Heard: Face Within")["gap"] == pytest.approx(5.0)
+    assert report["trained_on"] == ["cpu, fp32: Test CPU 9000 (AVX512, avx2 amx_bf16) — 2 runs"]
+    assert "Trained on: cpu, fp32: Test CPU 9000 (AVX512, avx2 amx_bf16) — 2 runs." in markdown

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from apes_cli.common import Bar, MetricsOption, ParamsOption, friendly_errors, read_params, report_metrics
+from apes_cli.common import MetricsOption, ParamsOption, friendly_errors, overridden, read_params, run_stage
 from stages.core.errors import ConfigError
 
 NAME = "report"
@@ -37,6 +36,9 @@ def command(
     eval_dir: Annotated[Path, typer.Option(help="Where the evaluate stage's eval_*.json files are.")] = Path(
         "metrics/eval"),
     crops_dir: Annotated[Path, typer.Option(help="Crop shards, for the retrieval figure.")] = Path("data/crops"),
+    train_dir: Annotated[Path, typer.Option(
+        help="The train stage's train_*.json, for the device, precision and CPU the runs were trained on.")] = Path(
+        "metrics/train"),
     out: Annotated[Path, typer.Option(
         help="Output folder for benchmark.md, benchmark.json and benchmark_examples.png.")] = Path("metrics"),
     metrics: MetricsOption = Path("metrics/report.json"),
@@ -45,10 +47,5 @@ def command(
     """Write the benchmark report."""
     from stages import report  # imported here so `apes-cli --help` starts without torch
     loaded = read_params(params)
-    settings = loaded.report if seeds is None else dataclasses.replace(loaded.report, seeds=_parse_seeds(seeds))
-    bar = Bar()
-    try:
-        result = report.run(settings, eval_dir, crops_dir, out, bar)
-    finally:
-        bar.close()
-    report_metrics(result, metrics)
+    run_stage(report.run, overridden(loaded.report, "report", seeds=None if seeds is None else _parse_seeds(seeds)),
+              eval_dir, crops_dir, out, train_dir, metrics=metrics)
