@@ -119,16 +119,18 @@ def choose_videos(annotated: dict[str, list[str]], listed: dict[str, Any], limit
                   manifest: Path) -> tuple[dict[str, list[str]], list[str], int]:
     """Videos to fetch per split: annotated and listed, train and val alternating, the first `limit` (0 = all).
 
+    Videos missing from the list are dropped before alternating, so any limit >= 2 gives each split a video.
     Returns (chosen per split, annotated videos missing from the list, videos left out by the limit).
     """
-    order = [(split, video_id)
-             for pair in zip_longest(*(sorted(annotated[split]) for split in SPLITS))
-             for split, video_id in zip(SPLITS, pair) if video_id is not None]
-    missing = [video_id for _, video_id in order if video_id not in listed]
-    available = [(split, video_id) for split, video_id in order if video_id in listed]
+    ordered = {split: sorted(annotated[split]) for split in SPLITS}
+    missing = [video_id for split in SPLITS for video_id in ordered[split] if video_id not in listed]
+    available = [(split, video_id)
+                 for pair in zip_longest(*([v for v in ordered[split] if v in listed] for split in SPLITS))
+                 for split, video_id in zip(SPLITS, pair) if video_id is not None]
     kept = available[:limit] if limit else available
     if not kept:
-        raise DataError(manifest, f"none of the annotated videos is in the video list (e.g. {order[0][1]!r})")
+        example = next(iter(missing), "")
+        raise DataError(manifest, f"none of the annotated videos is in the video list (e.g. {example!r})")
     chosen = {split: [video_id for s, video_id in kept if s == split] for split in SPLITS}
     return chosen, missing, len(available) - len(kept)
 

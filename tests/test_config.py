@@ -18,6 +18,7 @@ def test_project_params_load_and_match_defaults_types() -> None:
     assert isinstance(params, Params)
     assert params.data.source in ("synth", "download")
     assert params.train.face.lr > 0
+    assert params_from_dict({"data": {"source": "download"}}).data.raw_dir == "data/raw_download"
 
 
 @pytest.mark.parametrize(
@@ -32,6 +33,10 @@ def test_project_params_load_and_match_defaults_types() -> None:
         ({"triplets": {"tasks": ["heard"]}}, "triplets.tasks"),
         ({"synth": {"shot_seconds": [3.0]}}, "synth.shot_seconds"),
         ({"train": {"normalize": "yes"}}, "train.normalize"),
+        ({"crop": {"format": "png"}}, "crop.format"),
+        ({"crop": {"quality": 0}}, "crop.quality"),
+        ({"data": {"raw_dir": "data/raw"}}, "data.raw_dir"),
+        ({"data": {"source": "s3"}}, "data.source"),
     ],
 )
 def test_bad_params_name_the_key(raw: dict, key: str) -> None:

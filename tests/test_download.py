@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import imageio_ffmpeg
 import pytest
@@ -26,7 +30,11 @@ from stages.rawdata.annotations import iter_split, list_split_videos, read_manif
 from stages.rawdata.http_fetch import DownloadError
 from stages.rawdata.layout import SPLITS, RawLayout
 
-LIST = "ava/annotations/ava_speech_file_names_v1.txt"
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULTS = DownloadParams()
+AVA = urlsplit(DEFAULTS.base_url).path.strip("/")     # ava-dataset: the real hosts' paths, served on loopback
+APES = urlsplit(DEFAULTS.apes_url).path.strip("/")    # l0kNCNuXuEq70c3iUHsXxJ7/APES
+LIST = f"{AVA}/annotations/{DEFAULTS.file_list}"
 
 
 def md5(data: bytes) -> str:
@@ -41,7 +49,7 @@ def mirrored_videos(root: Path) -> dict[str, str]:
 def first_train_video(root: Path) -> str:
     """File name of the first train video (the one `--limit 1` picks)."""
     names = mirrored_videos(root)
-    with tarfile.open(root / "ava" / "annotations" / "ava_activespeaker_train_v1.0.tar.bz2") as tar:
+    with tarfile.open(root / AVA / "annotations" / "ava_activespeaker_train_v1.0.tar.bz2") as tar:
         ids = sorted(Path(m.name).name.removesuffix("-activespeaker.csv") for m in tar if m.isfile())
     return names[ids[0]]
 
@@ -61,29 +69,37 @@ def csv_tar(members: dict[str, bytes], dirs: tuple[str, ...] = ()) -> bytes:
     return buffer.getvalue()
 
 
+def transcode(source: Path, dest: Path) -> None:
+    """The same video in another container: .mkv copies the streams, .webm re-encodes to VP8 + Opus as AVA's are."""
+    codecs = ["-c:v", "libvpx", "-deadline", "realtime", "-cpu-used", "8", "-c:a", "libopus"] \
+        if dest.suffix == ".webm" else ["-c", "copy"]
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(source), *codecs, str(dest)],
+                   check=True)
+
+
 @pytest.fixture(scope="module")
 def source(tiny_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An AVA-style mirror of the synth layout: ava/annotations/*, ava/trainval/<videos>, apes/APES-<split>.csv.
+    """A mirror of the synth layout at the real hosts' paths: ava-dataset/annotations/* (the bare video list and
+    the archives), ava-dataset/trainval/<file name>, l0kNCNuXuEq70c3iUHsXxJ7/APES/APES-<split>.csv.
 
-    One train video is remuxed to .mkv so the list mixes extensions, as AVA's does.
+    The last train video is remuxed to .mkv and the last val video re-encoded to .webm: AVA's list mixes them.
     """
     raw = RawLayout(tiny_raw)
     root = tmp_path_factory.mktemp("mirror_source")
-    annotations, trainval, apes = root / "ava" / "annotations", root / "ava" / "trainval", root / "apes"
+    annotations, trainval, apes = root / AVA / "annotations", root / AVA / "trainval", root / APES
     for folder in (annotations, trainval, apes):
         folder.mkdir(parents=True)
-    remuxed = [video_id for video_id, _ in list_split_videos(raw, "train")][-1]
-    rows = ["file_name,md5"]
+    renamed = {list_split_videos(raw, "train")[-1][0]: ".mkv", list_split_videos(raw, "val")[-1][0]: ".webm"}
+    names = []
     for name, _ in read_manifest(raw.manifest):
         video_id = name.rpartition(".")[0]
-        if video_id == remuxed:
-            name = f"{video_id}.mkv"
-            subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(raw.video_path(video_id)),
-                            "-c", "copy", str(trainval / name)], check=True)
+        if video_id in renamed:
+            name = video_id + renamed[video_id]
+            transcode(raw.video_path(video_id), trainval / name)
         else:
             shutil.copy(raw.video_path(video_id), trainval / name)
-        rows.append(f"{name},{md5((trainval / name).read_bytes())}")
-    (root / LIST).write_text("\n".join(rows) + "\n")
+        names.append(name)
+    (root / LIST).write_text("\n".join(names) + "\n")
     for split in SPLITS:
         folder = raw.ava_dir(split).name
         members = {f"{folder}/{path.name}": path.read_bytes() for _, path in list_split_videos(raw, split)}
@@ -101,14 +117,19 @@ def mirror_root(source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     return Path(shutil.copytree(source, tmp_path / "mirror"))
 
 
+def on_loopback(url: str, mirror: Mirror) -> str:
+    """The same URL with the mirror's scheme and host: the path stays the real host's."""
+    return urlunsplit(urlsplit(url)._replace(scheme="http", netloc=urlsplit(mirror.url).netloc))
+
+
 def settings(mirror: Mirror, root: Path, **overrides: object) -> DownloadParams:
-    archives = root / "ava" / "annotations"
-    values = dict(base_url=f"{mirror.url}/ava", apes_url=f"{mirror.url}/apes", workers=2, retries=3,
-                  timeout_s=5.0, backoff_s=0.01,
+    archives = root / AVA / "annotations"
+    values = dict(base_url=on_loopback(DEFAULTS.base_url, mirror), apes_url=on_loopback(DEFAULTS.apes_url, mirror),
+                  workers=2, retries=3, timeout_s=5.0, backoff_s=0.01,
                   train_archive_md5=md5((archives / "ava_activespeaker_train_v1.0.tar.bz2").read_bytes()),
                   val_archive_md5=md5((archives / "ava_activespeaker_val_v1.0.tar.bz2").read_bytes()))
     values.update(overrides)
-    return DownloadParams(**values)  # type: ignore[arg-type]
+    return dataclasses.replace(DEFAULTS, **values)  # type: ignore[arg-type]
 
 
 def test_full_download_gives_the_synth_layout_back_and_a_rerun_skips(
@@ -117,8 +138,7 @@ def test_full_download_gives_the_synth_layout_back_and_a_rerun_skips(
     with Mirror(mirror_root) as mirror:
         first = run(settings(mirror, mirror_root), layout.root)
         second = run(settings(mirror, mirror_root), layout.root)
-        corrupted = layout.videos_dir / first_train_video(mirror_root)
-        corrupted.write_bytes(b"not the video")
+        (layout.videos_dir / first_train_video(mirror_root)).unlink()
         third = run(settings(mirror, mirror_root), layout.root)
     for split in SPLITS:
         expected = [(video_id, table) for video_id, _, table in iter_split(RawLayout(tiny_raw), split)]
@@ -126,12 +146,12 @@ def test_full_download_gives_the_synth_layout_back_and_a_rerun_skips(
         assert [v for v, _ in loaded] == [v for v, _ in expected]
         assert all(got.equals(want) for (_, got), (_, want) in zip(loaded, expected))
     videos = mirrored_videos(mirror_root)
-    assert sorted(Path(name).suffix for name in videos.values()) == [".mkv", ".mp4", ".mp4", ".mp4"]
+    assert sorted(Path(name).suffix for name in videos.values()) == [".mkv", ".mp4", ".mp4", ".webm"]
     for video_id, name in videos.items():
-        assert layout.video_path(video_id).read_bytes() == (mirror_root / "ava" / "trainval" / name).read_bytes()
+        assert layout.video_path(video_id).read_bytes() == (mirror_root / AVA / "trainval" / name).read_bytes()
     assert sorted(read_manifest(layout.manifest)) == sorted(read_manifest(mirror_root / LIST))
     assert first["files_fetched"] == 5 + len(videos) and first["files_skipped_present"] == 0
-    assert first["videos"] == {"train": 2, "val": 2}
+    assert first["videos"] == {"train": 2, "val": 2} and first["videos_without_md5"] == len(videos)
     assert second["files_fetched"] == 0 and second["bytes_downloaded"] == 0
     assert second["files_skipped_present"] == 5 + len(videos)
     assert third["files_fetched"] == 1 and third["files_skipped_present"] == 4 + len(videos)
@@ -140,7 +160,7 @@ def test_full_download_gives_the_synth_layout_back_and_a_rerun_skips(
 
 def test_dropped_connection_resumes_with_range(mirror_root: Path, tmp_path: Path) -> None:
     video = first_train_video(mirror_root)
-    path = f"ava/trainval/{video}"
+    path = f"{AVA}/trainval/{video}"
     data = (mirror_root / path).read_bytes()
     layout = RawLayout(tmp_path / "raw")
     with Mirror(mirror_root, Faults(drop_half={path})) as mirror:
@@ -154,20 +174,20 @@ def test_dropped_connection_resumes_with_range(mirror_root: Path, tmp_path: Path
 
 def test_leftover_part_file_continues_where_it_stopped(mirror_root: Path, tmp_path: Path) -> None:
     video = first_train_video(mirror_root)
-    data = (mirror_root / "ava" / "trainval" / video).read_bytes()
+    data = (mirror_root / AVA / "trainval" / video).read_bytes()
     layout = RawLayout(tmp_path / "raw")
     layout.videos_dir.mkdir(parents=True)
     (layout.videos_dir / f"{video}.part").write_bytes(data[:1000])
     with Mirror(mirror_root) as mirror:
         metrics = run(settings(mirror, mirror_root), layout.root)
-    assert mirror.gets(f"ava/trainval/{video}")[0].range == "bytes=1000-"
+    assert mirror.gets(f"{AVA}/trainval/{video}")[0].range == "bytes=1000-"
     assert (layout.videos_dir / video).read_bytes() == data
     assert metrics["resumed"] == 1
 
 
 def test_server_ignoring_range_restarts_cleanly(mirror_root: Path, tmp_path: Path) -> None:
     video = first_train_video(mirror_root)
-    path = f"ava/trainval/{video}"
+    path = f"{AVA}/trainval/{video}"
     layout = RawLayout(tmp_path / "raw")
     with Mirror(mirror_root, Faults(drop_half={path}, ignore_range=True)) as mirror:
         metrics = run(settings(mirror, mirror_root), layout.root)
@@ -177,7 +197,7 @@ def test_server_ignoring_range_restarts_cleanly(mirror_root: Path, tmp_path: Pat
 
 
 def test_server_errors_are_retried_then_given_up(mirror_root: Path, tmp_path: Path) -> None:
-    path = "apes/APES-val.csv"
+    path = f"{APES}/APES-val.csv"
     with Mirror(mirror_root, Faults(statuses={path: [503, 500]})) as mirror:
         metrics = run(settings(mirror, mirror_root), tmp_path / "ok")
     assert metrics["retries"] == 2
@@ -188,10 +208,12 @@ def test_server_errors_are_retried_then_given_up(mirror_root: Path, tmp_path: Pa
 
 
 def test_wrong_md5_is_rejected_and_no_file_is_left(mirror_root: Path, tmp_path: Path) -> None:
-    manifest = mirror_root / LIST
+    """A list with an md5 column (the reader accepts `file_name,md5` rows) verifies each video against it."""
     video = first_train_video(mirror_root)
-    actual = md5((mirror_root / "ava" / "trainval" / video).read_bytes())
-    manifest.write_text(manifest.read_text().replace(actual, "0" * 32))
+    actual = md5((mirror_root / AVA / "trainval" / video).read_bytes())
+    (mirror_root / LIST).write_text("".join(f"{name},{md5((mirror_root / AVA / 'trainval' / name).read_bytes())}\n"
+                                            if name != video else f"{name},{'0' * 32}\n"
+                                            for _, name in sorted(mirrored_videos(mirror_root).items())))
     layout = RawLayout(tmp_path / "raw")
     layout.videos_dir.mkdir(parents=True)
     (layout.videos_dir / video).write_bytes(b"a stale copy that does not match either")
@@ -235,7 +257,7 @@ def test_unsafe_archive_member_is_refused_and_nothing_lands_outside(
             payload = b"evil"
             info.size = len(payload)
             tar.addfile(info, io.BytesIO(payload))
-    archive = mirror_root / "ava" / "annotations" / "ava_activespeaker_train_v1.0.tar.bz2"
+    archive = mirror_root / AVA / "annotations" / "ava_activespeaker_train_v1.0.tar.bz2"
     archive.write_bytes(buffer.getvalue())
     layout = RawLayout(tmp_path / "raw")
     with Mirror(mirror_root) as mirror:
@@ -246,18 +268,19 @@ def test_unsafe_archive_member_is_refused_and_nothing_lands_outside(
     assert list(tmp_path.rglob("*activespeaker.csv")) == []
 
 
-def write_params(path: Path, mirror: Mirror, root: Path, raw_dir: Path) -> Path:
+def write_params(path: Path, mirror: Mirror, root: Path) -> Path:
     """A params.yaml whose download section fits the mirror (its archive md5s, short timeouts)."""
     download_section = {key: value for key, value in vars(settings(mirror, root)).items()
                         if key in ("retries", "timeout_s", "backoff_s", "train_archive_md5", "val_archive_md5")}
-    path.write_text(yaml.safe_dump({"data": {"raw_dir": str(raw_dir)}, "download": download_section}))
+    path.write_text(yaml.safe_dump({"download": download_section}))
     return path
 
 
 def test_missing_file_gives_a_clear_error_naming_the_url(mirror_root: Path, tmp_path: Path) -> None:
     with Mirror(mirror_root) as mirror:
-        params = write_params(tmp_path / "params.yaml", mirror, mirror_root, tmp_path / "raw")
-        result = CliRunner().invoke(app, ["download", "--params", str(params), "--base-url", f"{mirror.url}/ava",
+        params = write_params(tmp_path / "params.yaml", mirror, mirror_root)
+        result = CliRunner().invoke(app, ["download", "--params", str(params), "--out", str(tmp_path / "raw"),
+                                          "--base-url", on_loopback(DEFAULTS.base_url, mirror),
                                           "--apes-url", f"{mirror.url}/nowhere", "--metrics",
                                           str(tmp_path / "m.json")])
     assert result.exit_code == 2
@@ -267,24 +290,25 @@ def test_missing_file_gives_a_clear_error_naming_the_url(mirror_root: Path, tmp_
 def test_cli_limit_one_fetches_one_video(mirror_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "raw"
     with Mirror(mirror_root) as mirror:
-        params = write_params(tmp_path / "params.yaml", mirror, mirror_root, tmp_path / "unused")
+        params = write_params(tmp_path / "params.yaml", mirror, mirror_root)
         result = CliRunner().invoke(app, ["download", "--params", str(params), "--out", str(out),
-                                          "--base-url", f"{mirror.url}/ava", "--apes-url", f"{mirror.url}/apes",
+                                          "--base-url", on_loopback(DEFAULTS.base_url, mirror),
+                                          "--apes-url", on_loopback(DEFAULTS.apes_url, mirror),
                                           "--limit", "1", "--workers", "1", "--metrics", str(tmp_path / "m.json")])
     assert result.exit_code == 0, result.output
-    video_gets = [entry for entry in mirror.log if entry.method == "GET" and entry.path.startswith("ava/trainval/")]
+    video_gets = [entry for entry in mirror.log if entry.method == "GET" and entry.path.startswith(f"{AVA}/trainval/")]
     assert len(video_gets) == 1
     layout = RawLayout(out)
     video = first_train_video(mirror_root)
     video_id = video.rpartition(".")[0]
     assert [path.name for path in layout.videos_dir.iterdir()] == [video]
-    assert read_manifest(layout.manifest) == [(video, md5((mirror_root / "ava" / "trainval" / video).read_bytes()))]
+    assert read_manifest(layout.manifest) == [(video, "")]
     assert [v for v, _, _ in iter_split(layout, "train")] == [video_id]
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["videos"] == {"train": 1, "val": 0}
     assert metrics["videos_skipped"] == {"not_in_video_list": 0, "over_limit": 3}
     for split in SPLITS:
-        with (mirror_root / "apes" / f"APES-{split}.csv").open(newline="") as handle:
+        with (mirror_root / APES / f"APES-{split}.csv").open(newline="") as handle:
             others = sum(1 for row in list(csv.reader(handle))[1:] if row and row[1] != video_id)
         assert metrics["apes_rows_dropped_other_videos"][split] == others > 0
 
@@ -297,5 +321,72 @@ def test_limit_takes_train_and_val_alternately_and_skips_unlisted_videos() -> No
     assert missing == ["v1"] and over_limit == 1
     chosen, _, over_limit = choose_videos(annotated, listed, 0, Path("list.txt"))
     assert chosen == {"train": ["t1", "t2", "t3"], "val": ["v2"]} and over_limit == 0
+    chosen, missing, over_limit = choose_videos({"train": ["t1", "t2"], "val": ["v1", "v2"]}, listed, 2,
+                                                Path("list.txt"))
+    assert chosen == {"train": ["t1"], "val": ["v2"]} and missing == ["v1"] and over_limit == 1
     with pytest.raises(DataError, match="list.txt: none of the annotated videos"):
         choose_videos(annotated, {}, 0, Path("list.txt"))
+
+
+def test_cli_with_another_source_leaves_the_folder_as_it_is(tmp_path: Path) -> None:
+    out = tmp_path / "raw"
+    (out / "videos").mkdir(parents=True)
+    (out / "videos" / "kept.mkv").write_bytes(b"downloaded earlier")
+    result = CliRunner().invoke(app, ["download", "--source", "synth", "--out", str(out), "--params",
+                                      str(tmp_path / "absent.yaml"), "--metrics", str(tmp_path / "m.json")])
+    assert result.exit_code == 0, result.output
+    assert (out / "videos" / "kept.mkv").read_bytes() == b"downloaded earlier"
+    assert "nothing fetched" in json.loads((tmp_path / "m.json").read_text())["skipped"]
+
+
+def dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run dvc in the scratch project (the venv's apes-cli on PATH, no analytics)."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+               DVC_NO_ANALYTICS="1")
+    return subprocess.run(["dvc", *args], cwd=project, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_dvc_repro_keeps_the_download_and_resumes_it(mirror_root: Path, tmp_path: Path) -> None:
+    """The real dvc.yaml's download stage: a change to an unwatched or another stage's param fetches nothing, a
+    larger limit fetches only the new videos, and a run killed mid-video resumes it under `dvc repro`."""
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(ROOT / "dvc.yaml", project)
+    for name in ("apes_cli", "stages"):
+        shutil.copytree(ROOT / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
+    assert dvc(project, "init", "--no-scm", "-q").returncode == 0
+
+    def repro(mirror: Mirror, limit: int, **download: object) -> subprocess.CompletedProcess:
+        params = yaml.safe_load((ROOT / "params.yaml").read_text())
+        params["data"]["source"] = "download"
+        params["download"].update({key: value for key, value in vars(settings(mirror, mirror_root)).items()
+                                   if key != "workers"}, limit=limit, **download)
+        (project / "params.yaml").write_text(yaml.safe_dump(params))
+        return dvc(project, "repro", "download")
+
+    def video_gets(mirror: Mirror) -> list[str]:
+        return [entry.path for entry in mirror.log if entry.method == "GET" and "/trainval/" in entry.path]
+
+    raw = RawLayout(project / "data" / "raw_download")
+    with Mirror(mirror_root) as mirror:
+        assert repro(mirror, 2).returncode == 0
+        assert len(video_gets(mirror)) == 2
+        first = sorted(path.name for path in raw.videos_dir.iterdir())
+        unchanged = repro(mirror, 2, workers=1, retries=1, timeout_s=9.0, backoff_s=0.5)
+        assert unchanged.returncode == 0 and "didn't change" in unchanged.stdout
+        assert len(video_gets(mirror)) == 2
+        assert repro(mirror, 3).returncode == 0
+        assert len(video_gets(mirror)) == 3 and set(first) < {path.name for path in raw.videos_dir.iterdir()}
+    last = [name for name in mirrored_videos(mirror_root).values() if name not in first][-1]
+    path = f"{AVA}/trainval/{last}"
+    with Mirror(mirror_root, Faults(drop_half={path})) as mirror:
+        failed = repro(mirror, 0, retries=0)
+    assert failed.returncode != 0 and "gave up after 0 retries" in failed.stderr + failed.stdout
+    assert (raw.videos_dir / f"{last}.part").is_file()
+    with Mirror(mirror_root) as mirror:
+        assert repro(mirror, 0, retries=1).returncode == 0
+    size = (mirror_root / path).stat().st_size
+    assert [(entry.path, entry.range) for entry in mirror.log if entry.method == "GET" and "/trainval/" in entry.path] \
+        == [(path, f"bytes={size // 2}-")]
+    assert (raw.videos_dir / last).read_bytes() == (mirror_root / path).read_bytes()
+    assert json.loads((project / "metrics" / "download.json").read_text())["resumed"] == 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import dataclasses
 import re
 import shlex
 from pathlib import Path
@@ -22,7 +23,7 @@ import typer
 import yaml
 
 from apes_cli.main import app
-from stages.core.config import SOURCES
+from stages.core.config import SOURCES, Params
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("apes_cli", "stages")
@@ -249,17 +250,31 @@ def _covers(key: str, read: str) -> bool:
     return read == key or read.startswith(f"{key}.")
 
 
+def _fields(key: str) -> set[str]:
+    """The keys of a params section (read whole, it reads each of them); any other key is itself."""
+    value: Any = Params()
+    for part in key.split("."):
+        value = getattr(value, part, None)
+    return {f"{key}.{field.name}" for field in dataclasses.fields(value)} if dataclasses.is_dataclass(value) else {key}
+
+
 def params_problems(stage: dict[str, Any]) -> list[str]:
-    """Keys read but not declared (nor in the command line, whose change DVC sees), and keys declared but unread."""
+    """Keys read but not declared (nor in the command line, whose change DVC sees, nor listed in the stage's
+    `meta.unwatched_params` as read but changing no output), and keys declared or listed but unread."""
     body = definition(stage)
     interpolated = set(re.findall(r"\$\{([^}]+)\}", body["cmd"]))
     reads = {key for command in commands(stage) for key in params_read(command, command_line(stage, command))}
     reads = {key for key in reads if not any(_covers(i, key) for i in interpolated)}
     declared = body.get("params", [])
+    unwatched = body.get("meta", {}).get("unwatched_params", [])
     assert all(isinstance(key, str) for key in declared), "params come from params.yaml, named by key"
+    named = [*declared, *unwatched]
+    reads = {field for key in reads for field in
+             (_fields(key) if any(_covers(key, n) and n != key for n in named) else {key})}
     return ([f"reads {key} but does not declare it" for key in sorted(reads)
-             if not any(_covers(d, key) for d in declared)]
-            + [f"declares {key} but never reads it" for key in declared if not any(_covers(key, r) for r in reads)])
+             if not any(_covers(d, key) for d in named)]
+            + [f"declares {key} but never reads it" for key in named
+               if not any(_covers(key, r) for r in reads)])
 
 
 @pytest.mark.parametrize("name", list(DVC))
@@ -285,5 +300,13 @@ def test_a_wrong_params_declaration_is_caught() -> None:
 
 def test_options_on_the_command_line_replace_the_params_they_default_from() -> None:
     assert params_read("synth", ["--out", "X"]) == {"seed", "synth"}
-    assert params_read("synth", []) == {"seed", "synth", "data.raw_dir"}
     assert params_read("synth", ["--seed", "X", "--out", "X"]) == {"synth"}
+    assert params_read("decode", []) == {"decode", "data.raw_dir"}
+
+
+def test_a_section_read_whole_needs_each_key_declared_or_unwatched() -> None:
+    download = copy.deepcopy(DVC["download"])
+    definition(download)["params"].remove("download.limit")
+    assert params_problems(download) == ["reads download.limit but does not declare it"]
+    definition(download)["meta"]["unwatched_params"].append("download.nothing")
+    assert params_problems(download)[-1] == "declares download.nothing but never reads it"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -10,9 +9,19 @@ from typing import Annotated, Optional
 import typer
 from tqdm import tqdm
 
-from apes_cli.common import Bar, MetricsOption, ParamsOption, friendly_errors, read_params, report_metrics
+from apes_cli.common import (
+    Bar,
+    MetricsOption,
+    ParamsOption,
+    friendly_errors,
+    overridden,
+    read_params,
+    report_metrics,
+    run_stage,
+)
 
 NAME = "download"
+DOWNLOAD_DIR = "data/raw_download"  # DataParams.raw_dir with data.source: download
 HELP = (
     "Fetch the real AVA-ActiveSpeaker videos and annotation archives and the APES identity labels into the "
     "raw layout (docs/data.md), in parallel, resumable (HTTP Range) and md5-verified. See docs/download.md."
@@ -32,8 +41,11 @@ class ByteBar(Bar):
 @friendly_errors
 def command(
     params: ParamsOption = Path("params.yaml"),
-    out: Annotated[Optional[Path], typer.Option(
-        "--out", help="Raw layout directory to fill (default: data.raw_dir from params).")] = None,
+    out: Annotated[Path, typer.Option(
+        "--out", help="Raw layout directory to fill; kept between runs, which resume.")] = Path(DOWNLOAD_DIR),
+    source: Annotated[Optional[str], typer.Option(
+        "--source", help="The pipeline's data.source (dvc.yaml passes it): anything but 'download' leaves --out "
+                         "as it is and writes only the metrics. Default: download.")] = None,
     base_url: Annotated[Optional[str], typer.Option(
         "--base-url", help="AVA mirror: serves annotations/<file> and trainval/<video> "
                            "(default: download.base_url).")] = None,
@@ -48,13 +60,11 @@ def command(
 ) -> None:
     """Download AVA + APES into the raw layout."""
     from stages import download  # imported here so `apes-cli --help` starts without torch
+    if source not in (None, "download"):
+        out.mkdir(parents=True, exist_ok=True)
+        report_metrics({"skipped": f"data.source is {source!r}: nothing fetched, {out} left as it was"}, metrics)
+        return
     loaded = read_params(params)
-    overrides = {"base_url": base_url, "apes_url": apes_url, "limit": limit, "workers": workers}
-    settings = dataclasses.replace(loaded.download, **{k: v for k, v in overrides.items() if v is not None})
-    settings.validate("download")
-    bar = ByteBar()
-    try:
-        result = download.run(settings, out if out is not None else Path(loaded.data.raw_dir), bar)
-    finally:
-        bar.close()
-    report_metrics(result, metrics)
+    settings = overridden(loaded.download, "download", base_url=base_url, apes_url=apes_url, limit=limit,
+                          workers=workers)
+    run_stage(download.run, settings, out, metrics=metrics, bar=ByteBar())

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from apes_cli.common import (
-    Bar,
     MetricsOption,
     ParamsOption,
     WorkersOption,
     friendly_errors,
+    overridden,
     read_params,
-    report_metrics,
+    run_stage,
 )
 
 NAME = "synth"
@@ -27,8 +26,8 @@ HELP = ("Generate the embedded mini-APES: untrimmed mp4 videos (procedural faces
 @friendly_errors
 def command(
     params: ParamsOption = Path("params.yaml"),
-    out: Annotated[Optional[Path], typer.Option(
-        "--out", help="Raw layout folder to write (replaced whole). Default: data.raw_dir from params.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Raw layout folder to write (replaced whole).")] = Path(
+        "data/raw_synth"),
     seed: Annotated[Optional[int], typer.Option(
         "--seed", help="Random seed of the generator. Default: `seed` from params.")] = None,
     workers: WorkersOption = None,
@@ -37,11 +36,5 @@ def command(
     """Generate the embedded data set."""
     from stages import synth  # imported here so `apes-cli --help` starts without torch
     loaded = read_params(params)
-    settings = loaded.synth if workers is None else dataclasses.replace(loaded.synth, workers=workers)
-    bar = Bar()
-    try:
-        result = synth.run(settings, loaded.seed if seed is None else seed,
-                           out if out is not None else Path(loaded.data.raw_dir), bar)
-    finally:
-        bar.close()
-    report_metrics(result, metrics)
+    run_stage(synth.run, overridden(loaded.synth, "synth", workers=workers), loaded.seed if seed is None else seed,
+              out, metrics=metrics)

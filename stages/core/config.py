@@ -18,6 +18,7 @@ TASKS = ("seen_heard", "seen")
 STRATEGIES = ("weak", "within", "across")
 MODALITIES = ("face", "voice", "crossmodal")
 SOURCES = ("synth", "download")   # data.source: the `apes-cli` command that fills the raw layout
+CROP_FORMATS = ("raw", "jpeg")   # crop.format: how crop shards store pixels (docs/media.md)
 
 
 def _check(cond: bool, key: str, message: str) -> None:
@@ -27,10 +28,14 @@ def _check(cond: bool, key: str, message: str) -> None:
 
 @dataclass(frozen=True)
 class DataParams:
-    """Where the raw layout lives and what fills it."""
+    """Which stage's raw layout the pipeline reads: each source writes its own folder."""
 
     source: str = "synth"
-    raw_dir: str = "data/raw"
+
+    @property
+    def raw_dir(self) -> str:
+        """data/raw_synth or data/raw_download (dvc.yaml: data/raw_${data.source}): what `decode` reads."""
+        return f"data/raw_{self.source}"
 
     def validate(self, key: str) -> None:
         _check(self.source in SOURCES, f"{key}.source", f"expected one of {', '.join(SOURCES)}")
@@ -96,7 +101,7 @@ class DownloadParams:
     """Where the real AVA videos, annotations and APES labels come from."""
 
     base_url: str = "https://s3.amazonaws.com/ava-dataset"
-    apes_url: str = "https://github.com/fuankarion/audiovisual-person-search/raw/main/data"
+    apes_url: str = "https://filedn.com/l0kNCNuXuEq70c3iUHsXxJ7/APES"
     file_list: str = "ava_speech_file_names_v1.txt"
     limit: int = 0
     workers: int = 4
@@ -142,10 +147,14 @@ class CropParams:
 
     size: int = 64
     margin: float = 0.1
+    format: str = "raw"
+    quality: int = 90
     workers: int = 0
 
     def validate(self, key: str) -> None:
         _check(16 <= self.size <= 512 and self.size % 2 == 0, f"{key}.size", "expected an even 16..512 pixels")
+        _check(self.format in CROP_FORMATS, f"{key}.format", f"expected one of {', '.join(CROP_FORMATS)}")
+        _check(1 <= self.quality <= 100, f"{key}.quality", "expected a JPEG quality 1..100")
         _check(0.0 <= self.margin <= 1.0, f"{key}.margin", "expected a value in [0, 1]")
         _check(self.workers >= 0, f"{key}.workers", "expected >= 0 (0 = one per core)")
 
