@@ -34,7 +34,7 @@ def command(
     decoded: Annotated[Path, typer.Option("--decoded", help="Output folder of `decode`.")] = Path("data/decoded"),
     out: Annotated[Path, typer.Option("--out", help="Output folder for crop shards.")] = Path("data/crops"),
     size: Annotated[Optional[int], typer.Option(
-        "--size", help="Crop side in pixels (paper 124). Default: crop.size.")] = None,
+        "--size", min=16, max=512, help="Crop side in pixels, even (paper 124). Default: crop.size.")] = None,
     workers: WorkersOption = None,
     split: SplitOption = None,
     metrics: MetricsOption = Path("metrics/crop.json"),
