@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -55,14 +56,13 @@ def _jpeg(rgb: np.ndarray) -> bytes:
     return data.tobytes() if ok else b""
 
 
-def _faces_pass(info: VideoInfo, settings: IndexSettings, embedder, tick) -> tuple[list, list[float], float, dict]:
+def _faces_pass(info: VideoInfo, source, settings: IndexSettings, embedder, tick
+                ) -> tuple[list, list[float], float, dict]:
     """Decode, detect, track and embed; returns finished tracks, cut times (s), duration, counters."""
     from stages.footage.detection import detect_faces, square_crop
-    from stages.footage.frames import FrameSource, sample_step
     from stages.footage.tracking import Detection, FinishedTrack, Tracker, merge_by_appearance
 
-    step = sample_step(info.fps, settings.face_rate)
-    source = FrameSource(info, step, settings.detect_height)
+    step = source.step
     tracker = Tracker(step / info.fps, settings.max_gap)
     finished: list[FinishedTrack] = []
     pending: deque = deque()
@@ -131,9 +131,13 @@ def _faces_pass(info: VideoInfo, settings: IndexSettings, embedder, tick) -> tup
 
 def build_entry(video: str | Path, settings: IndexSettings, index_dir: str | Path,
                 tick=lambda seconds: None) -> Entry:
-    """Index one video (or reuse its index): faces, then the soundtrack, then association."""
+    """Index one video (or reuse its index): the face pass and the soundtrack (in a thread beside it: its
+    models spend most of their time outside the GIL), then association."""
+    import torch
+
     from stages.footage.association import associate
     from stages.footage.face_embedding import face_embedder
+    from stages.footage.frames import FrameSource, sample_step
     from stages.footage.speech import analyze_audio
 
     video = Path(video)
@@ -146,11 +150,32 @@ def build_entry(video: str | Path, settings: IndexSettings, index_dir: str | Pat
         return Entry(video, digest, final, False, loaded.meta)
     started = time.perf_counter()
     embedder = face_embedder(settings.model)
-    tracks, cuts, duration, counters = _faces_pass(info, settings, embedder, tick)
+    source = FrameSource(info, sample_step(info.fps, settings.face_rate), settings.detect_height)
+    audio: dict[str, Any] = {}
+
+    def audio_job() -> None:
+        begun = time.perf_counter()
+        try:
+            audio["value"] = analyze_audio(info, source.cuts_known)
+        except BaseException as error:  # noqa: BLE001 - handed to the main thread
+            audio["error"] = error
+        audio["seconds"] = time.perf_counter() - begun
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one core for the audio models, one for ffmpeg + dlib
+    worker = threading.Thread(target=audio_job, name="apes-audio", daemon=True)
+    worker.start()
+    try:
+        tracks, cuts, duration, counters = _faces_pass(info, source, settings, embedder, tick)
+    finally:
+        source.finish()
+        worker.join()
+        torch.set_num_threads(threads)
     faces_seconds = time.perf_counter() - started
-    audio_started = time.perf_counter()
-    segments, speech_seconds = analyze_audio(info, np.asarray(cuts))
-    audio_seconds = time.perf_counter() - audio_started
+    if "error" in audio:
+        raise audio["error"]
+    segments, speech_seconds = audio["value"]
+    audio_seconds = audio["seconds"]
     links = associate([(s.start, s.end) for s in segments], [(t.track_id, t.start, t.end) for t in tracks])
     faces = pa.table({
         "video_sha256": pa.array([digest] * len(tracks), pa.string()),

@@ -76,6 +76,8 @@ class Shot:
     speaker: str | None = None        # ground-truth name of the voice
     background: tuple[int, int, int] = (60, 90, 120)
     drift: float = 0.04               # faces move this share of the width over the shot
+    gain: float = 1.0                 # brightness of the faces in this shot
+    angle: float = 0.0                # in-plane rotation of the faces (degrees)
 
 
 @dataclass
@@ -88,14 +90,27 @@ class Truth:
     cuts: list[float]
 
 
-def _draw(shot: Shot, progress: float, width: int, height: int, faces: tuple[np.ndarray, ...],
+def _shot_faces(shot: Shot, height: int, faces: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+    out = []
+    for number, _, size in shot.faces:
+        side = int(size * height)
+        face = cv2.resize(faces[number], (side, side), interpolation=cv2.INTER_AREA)
+        if shot.angle:
+            turn = cv2.getRotationMatrix2D((side / 2, side / 2), shot.angle, 1.0)
+            face = cv2.warpAffine(face, turn, (side, side), borderMode=cv2.BORDER_REPLICATE)
+        if shot.gain != 1.0:
+            face = np.clip(face.astype(np.float32) * shot.gain, 0, 255).astype(np.uint8)
+        out.append(face)
+    return out
+
+
+def _draw(shot: Shot, progress: float, width: int, height: int, faces: list[np.ndarray],
           noise: np.ndarray) -> np.ndarray:
     frame = np.empty((height, width, 3), np.uint8)
     ramp = np.linspace(0.7, 1.2, height)[:, None, None]
     frame[:] = np.clip(np.array(shot.background)[None, None, :] * ramp, 0, 255).astype(np.uint8)
-    for number, x, size in shot.faces:
-        side = int(size * height)
-        face = cv2.resize(faces[number], (side, side), interpolation=cv2.INTER_AREA)
+    for (number, x, size), face in zip(shot.faces, faces):
+        side = face.shape[0]
         cx = int((x + shot.drift * (progress - 0.5)) * width)
         cy = height // 2
         left, top = max(0, cx - side // 2), max(0, cy - side // 2)
@@ -138,8 +153,9 @@ def compose(path: Path, shots: list[Shot], width: int = 640, height: int = 360, 
     process = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         for shot, count in zip(shots, frames_per_shot):
+            shown = _shot_faces(shot, height, faces)
             for k in range(count):
-                process.stdin.write(_draw(shot, k / max(1, count - 1), width, height, faces, grains[k % 4]).tobytes())
+                process.stdin.write(_draw(shot, k / max(1, count - 1), width, height, shown, grains[k % 4]).tobytes())
         process.stdin.close()
         if process.wait() != 0:
             raise RuntimeError(process.stderr.read().decode())

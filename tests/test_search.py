@@ -278,3 +278,66 @@ def test_speech_goes_to_the_only_face_on_screen() -> None:
     assert links[1][1] == -1 and sorted(links[1][0]) == [1, 2]  # two faces: undecided
     assert links[2] == ([], -1)          # off screen
     assert links[3][1] == -1             # a sliver at a cut decides nothing
+
+
+def _report_shards(root: Path) -> tuple[Path, Path, Path]:
+    """Val shards as the media stages write them: 2 videos x 3 people (real faces, two real voices and the
+    first voice a third faster) x 2 tracklets, 64 px crops, snippets with their start, the decoded WAV."""
+    import pyarrow as pa
+
+    from search_media import sample_audio
+    crops, mels, decoded = root / "crops", root / "mels", root / "decoded"
+    rng = np.random.default_rng(1)
+    voices = {0: ("speaker90", 1.0), 1: ("speaker91", 1.0), 2: ("speaker90", 1.3)}
+    for v, video in enumerate(("vidA", "vidB")):
+        crop_rows, mel_rows, audio = [], [], []
+        for person in range(3):
+            face = cv2.resize(group_faces()[person + 3 * v], (64, 64), interpolation=cv2.INTER_AREA)
+            speaker, factor = voices[person]
+            for track in range(2):
+                entity = f"{video}_0900_0960:{person * 2 + track}"
+                for _ in range(3):
+                    noisy = np.clip(face + rng.normal(0, 6, face.shape), 0, 255).astype(np.uint8)
+                    crop_rows.append((video, entity, f"{video}-p{person}", "SPEAKING_AUDIBLE", noisy.tobytes()))
+                piece = voice_piece(speaker, track + (2 if factor != 1.0 else 0))  # no two tracks share audio
+                if factor != 1.0:
+                    import librosa
+                    piece = librosa.resample(piece, orig_sr=16000, target_sr=int(16000 / factor))
+                offset = sum(a.size for a in audio) / 16000
+                audio.append(piece)
+                for k in range(int(piece.size / 16000 / 0.45)):
+                    mel_rows.append((video, entity, f"{video}-p{person}", 900.0 + offset + 0.45 * k))
+        tables = {
+            crops: pa.table({"video_id": [r[0] for r in crop_rows], "entity_id": [r[1] for r in crop_rows],
+                             "identity": [r[2] for r in crop_rows], "label": [r[3] for r in crop_rows],
+                             "image": pa.array([r[4] for r in crop_rows], pa.binary())}
+                            ).replace_schema_metadata({"crop_size": "64"}),
+            mels: pa.table({"video_id": [r[0] for r in mel_rows], "entity_id": [r[1] for r in mel_rows],
+                            "identity": [r[2] for r in mel_rows], "start": [r[3] for r in mel_rows]}
+                           ).replace_schema_metadata({"snippet_seconds": "0.45"}),
+            decoded / "plan": pa.table({"video_id": [video]}).replace_schema_metadata({"audio_start": "900.0"}),
+        }
+        for folder, table in tables.items():
+            (folder / "val").mkdir(parents=True, exist_ok=True)
+            pq.write_table(table, folder / "val" / f"{video}.parquet")
+        (decoded / "audio" / "val").mkdir(parents=True, exist_ok=True)
+        write_wav(decoded / "audio" / "val" / f"{video}.wav", np.concatenate(audio))
+    assert sample_audio().size > 0
+    return crops, mels, decoded
+
+
+def test_pretrained_embedders_score_through_the_embeddings_contract(tmp_path: Path) -> None:
+    from stages.core.atomic import write_parquet
+    from stages.evaluate import run_embeddings_file
+    from stages.footage.pretrained_embeddings import face_embeddings, voice_embeddings
+    crops, mels, decoded = _report_shards(tmp_path)
+    face = face_embeddings(crops, mels, "val", "seen_heard")
+    voice = voice_embeddings(crops, mels, decoded, "val", "seen_heard")
+    assert face.num_rows == voice.num_rows == 12
+    assert len(face["embedding"][0].as_py()) == 128 and len(voice["embedding"][0].as_py()) == 256
+    for name, table in (("face", face), ("voice", voice)):
+        write_parquet(tmp_path / f"{name}.parquet", table)
+    face_metrics = run_embeddings_file(tmp_path / "face.parquet")  # what `evaluate --embeddings` runs
+    voice_metrics = run_embeddings_file(tmp_path / "voice.parquet")
+    assert face_metrics["mAP"] == pytest.approx(100.0)  # six different real faces, each track its own crops
+    assert voice_metrics["mAP"] > 60.0, voice_metrics  # random ranking would give about 46 here

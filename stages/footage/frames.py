@@ -74,7 +74,13 @@ class FrameSource:
         self.width, self.height = analysis_size(info, height)
         self.finder = CutFinder()
         self._lock = threading.Lock()
-        self.error: str | None = None
+        self.finished = False
+
+    def cuts_known(self) -> tuple[list[float], float, bool]:
+        """Cut times (s) found so far, the seconds of video they cover, whether decoding has ended."""
+        with self._lock:
+            return ([c / self.info.fps for c in self.finder.cuts], self.finder.frames / self.info.fps,
+                    self.finished)
 
     def cuts_until(self, frame: int) -> tuple[list[int], bool]:
         """The cut frames found so far and whether the thumbnails have reached `frame`."""
@@ -140,6 +146,13 @@ class FrameSource:
                     process.kill()
                 process.wait()
                 reader.join(timeout=5)
+                with self._lock:
+                    self.finished = True
+
+    def finish(self) -> None:
+        """Mark decoding as over (also on errors, so nobody waits for more cuts)."""
+        with self._lock:
+            self.finished = True
 
     @property
     def frames_seen(self) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -175,8 +176,12 @@ def _audio_blocks(info: VideoInfo) -> Iterator[np.ndarray]:
             process.wait()
 
 
-def analyze_audio(info: VideoInfo, cuts: np.ndarray, progress=None) -> tuple[list[Segment], float]:
-    """Speech segments of a video's soundtrack with their embeddings, and the seconds of speech."""
+def analyze_audio(info: VideoInfo, cuts_known, progress=None) -> tuple[list[Segment], float]:
+    """Speech segments of a video's soundtrack with their embeddings, and the seconds of speech.
+
+    `cuts_known()` returns (shot cut times so far, seconds of video they cover, whether the video pass has
+    ended): this runs beside the face pass and waits for it only where it needs the cuts of a block.
+    """
     if not info.has_audio:
         return [], 0.0
     segments: list[Segment] = []
@@ -193,6 +198,8 @@ def analyze_audio(info: VideoInfo, cuts: np.ndarray, progress=None) -> tuple[lis
         if following is not None and regions and regions[-1][1] >= buffer.size - SAMPLE_RATE // 2 \
                 and (buffer.size - regions[-1][0]) / SAMPLE_RATE < MAX_CARRY_SECONDS:
             keep_from = regions.pop()[0]
+        if regions:
+            cuts = _wait_for_cuts(cuts_known, origin + regions[-1][1] / SAMPLE_RATE + 1.0)
         for lo, hi in regions:
             speech += (hi - lo) / SAMPLE_RATE
             for start, end in split_region(buffer[lo:hi], origin + lo / SAMPLE_RATE, cuts):
@@ -207,6 +214,14 @@ def analyze_audio(info: VideoInfo, cuts: np.ndarray, progress=None) -> tuple[lis
         origin += keep_from / SAMPLE_RATE
         block = following
     return segments, speech
+
+
+def _wait_for_cuts(cuts_known, until: float) -> np.ndarray:
+    while True:
+        cuts, covered, finished = cuts_known()
+        if finished or covered >= until:
+            return np.asarray(cuts, np.float64)
+        time.sleep(0.05)
 
 
 def read_clip(path: str | Path) -> np.ndarray:
