@@ -14,7 +14,7 @@ import time
 
 import torch
 
-SUITES = ("media", "train", "evaluate")
+SUITES = ("media", "train", "evaluate", "search")
 
 
 def machine() -> str:
