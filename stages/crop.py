@@ -20,6 +20,7 @@ from stages.core.config import CropParams
 from stages.core.errors import DataError
 from stages.core.progress import Progress, Silent
 from stages.core.schemas import CROPS
+from stages.media.crop_codec import IMAGE_FORMATS, JPEG, encode_crops
 from stages.media.shards import (
     FINGERPRINT_KEY,
     ShardWriter,
@@ -41,7 +42,6 @@ from stages.media.video_jobs import (
 from stages.rawdata.layout import RawLayout
 
 ROWS_PER_GROUP = 2048
-IMAGE_FORMAT = "raw_rgb_uint8"
 
 
 def square_boxes(boxes: np.ndarray, width: int, height: int, margin: float) -> tuple[np.ndarray, np.ndarray]:
@@ -98,8 +98,9 @@ def cut(frame: Planes, left: int, top: int, side: int, size: int, out: np.ndarra
 class _Batch:
     """Crops gathered into one preallocated array, written as a row group when full."""
 
-    def __init__(self, writer: ShardWriter, keys: pa.Table, size: int) -> None:
+    def __init__(self, writer: ShardWriter, keys: pa.Table, size: int, image_format: str, quality: int) -> None:
         self.writer, self.keys, self.size = writer, keys, size
+        self.image_format, self.quality = image_format, quality
         self.images = np.empty((ROWS_PER_GROUP, size, size, 3), np.uint8)
         self.rows: list[int] = []
 
@@ -111,13 +112,11 @@ class _Batch:
             self.flush()
 
     def flush(self) -> None:
-        """Write the gathered crops (raw bytes, one binary value per crop) as one row group."""
+        """Write the gathered crops (one binary value per crop, raw or JPEG) as one row group."""
         count = len(self.rows)
         if not count:
             return
-        item = self.size * self.size * 3
-        offsets = pa.py_buffer(np.arange(count + 1, dtype=np.int32) * item)
-        images = pa.Array.from_buffers(pa.binary(), count, [None, offsets, pa.py_buffer(self.images[:count].copy())])
+        images = encode_crops(self.images[:count].copy(), self.image_format, self.quality)
         self.writer.write(self.keys.take(self.rows).append_column("image", images))
         self.rows = []
 
@@ -128,7 +127,9 @@ def _crop_video(plan_file: Path, split: str, layout: RawLayout, out_dir: Path,
     plan = pq.read_table(plan_file)
     meta = metadata(plan.schema)
     video_id = plan_file.stem
-    digest = fingerprint(meta.get(FINGERPRINT_KEY), params.size, params.margin, IMAGE_FORMAT, "yuv420 area v2")
+    image_format = IMAGE_FORMATS[params.format]
+    quality = params.quality if image_format == JPEG else 0
+    digest = fingerprint(meta.get(FINGERPRINT_KEY), params.size, params.margin, image_format, quality, "yuv420 area v2")
     target = shard_path(out_dir, split, video_id)
     if is_complete(target, digest):
         return {**shard_stats(target), "resumed": 1}
@@ -154,11 +155,12 @@ def _crop_video(plan_file: Path, split: str, layout: RawLayout, out_dir: Path,
     video = layout.video_path(video_id)
     info = VideoInfo(video, fps, width, height, None, True)
     keys = plan.select([name for name in CROPS.names if name != "image"])
+    format_keys = {"image_format": image_format, **({"jpeg_quality": str(quality)} if quality else {})}
     schema = with_metadata(CROPS, {"crop_size": str(params.size), "crop_margin": repr(params.margin),
-                                   "image_format": IMAGE_FORMAT, FINGERPRINT_KEY: digest})
+                                   **format_keys, FINGERPRINT_KEY: digest})
     writer = ShardWriter(target, schema)
     try:
-        batch = _Batch(writer, keys, params.size)
+        batch = _Batch(writer, keys, params.size, image_format, quality)
         position = 0
         for index, frame in iter_frames(info, np.unique(frame_of[rows])):
             while position < len(rows) and frame_of[rows[position]] == index:
@@ -195,6 +197,7 @@ def run(settings: CropParams, raw_dir: str | Path, decoded_dir: str | Path, out_
         **merged,
         "splits": {split: sum(1 for s, _ in jobs if s == split) for split in splits},
         "crop_size": settings.size,
+        "crop_format": settings.format,
         "seconds": round(seconds, 3),
         "crops_per_second": round(merged.get("crops", 0) / seconds, 1) if seconds else 0.0,
     }

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from media_data import (
@@ -26,7 +27,9 @@ from media_data import (
     write_raw,
 )
 
+from stages.core.errors import DataError
 from stages.crop import cut, square_boxes
+from stages.media.crop_codec import decode_crops
 from stages.media.shards import metadata
 from stages.media.video_io import frame_indices
 from stages.rawdata.annotations import load_split
@@ -174,3 +177,30 @@ def test_tiny_synthetic_data_set_crops_every_labelled_box(tiny_raw: Path, tmp_pa
         assert len(images) == int((labelled & ~degenerate).sum()) > 0
         assert images.shape[1:] == (64, 64, 3)
     assert metrics["skips"]["ambiguous"] > 0
+
+
+def test_jpeg_crops_decode_close_to_raw_and_say_their_format(work: Path, tmp_path: Path) -> None:
+    shutil.copytree(work / "decoded", tmp_path / "decoded")
+    params = write_params(tmp_path / "params.yaml", "crop: {size: 64, margin: 0.1, format: jpeg, quality: 90}\n")
+    result = cli("crop", "--params", params, "--raw", work / "raw", "--decoded", tmp_path / "decoded",
+                 "--out", tmp_path / "crops", "--metrics", tmp_path / "crop.json")
+    assert result.exit_code == 0, result.output
+    for split in ("train", "val"):
+        for raw_path in sorted((work / "crops" / split).glob("*.parquet")):
+            path = tmp_path / "crops" / split / raw_path.name
+            meta = metadata(pq.read_schema(path))
+            assert (meta["image_format"], meta["jpeg_quality"]) == ("jpeg", "90")
+            raw, jpeg = pq.read_table(raw_path), pq.read_table(path)
+            assert jpeg.drop_columns(["image"]).equals(raw.drop_columns(["image"]))
+            exact = decode_crops(raw["image"], metadata(raw.schema), raw_path)
+            decoded = decode_crops(jpeg["image"], meta, path, device="cpu")
+            assert decoded.shape == exact.shape and decoded.dtype == np.uint8
+            assert np.abs(decoded.astype(int) - exact).mean() < 4
+
+
+def test_undecodable_jpeg_names_the_shard() -> None:
+    column = pa.array([b"\xff\xd8 not a jpeg"], pa.binary())
+    with pytest.raises(DataError, match=r"s\.parquet.*undecodable JPEG crop"):
+        decode_crops(column, {"crop_size": "64", "image_format": "jpeg"}, "s.parquet", device="cpu")
+    with pytest.raises(DataError, match="unknown image_format 'png'"):
+        decode_crops(column, {"crop_size": "64", "image_format": "png"}, "s.parquet")

@@ -11,7 +11,8 @@ from matplotlib.figure import Figure
 from stages.core.atomic import atomic_path
 from stages.core.errors import DataError
 from stages.evaluation.ranking import per_video_queries, squared_distances
-from stages.media.shards import binary_to_array, metadata
+from stages.media.crop_codec import decode_crops
+from stages.media.shards import metadata
 
 TOP = 5
 RIGHT, WRONG, QUERY = "#2ca02c", "#d62728", "#1f77b4"
@@ -61,11 +62,8 @@ def middle_crops(crops_dir: str | Path, video_ids: np.ndarray, entity_ids: np.nd
             raise DataError(path, "crop shard not found (run `apes-cli crop`)")
         table = pq.read_table(path, columns=["entity_id", "frame_timestamp", "image"],
                               filters=[("entity_id", "in", list(wanted))])
-        size = int(metadata(pq.read_schema(path)).get("crop_size", 0))
-        if not size:
-            raise DataError(path, "missing crop_size in the schema metadata")
         table = table.sort_by([("entity_id", "ascending"), ("frame_timestamp", "ascending")])
-        images = binary_to_array(table["image"], (size, size, 3), np.uint8, path)
+        images = decode_crops(table["image"], metadata(pq.read_schema(path)), path)
         entities = np.asarray(table["entity_id"].to_pylist())
         for entity, row in wanted.items():
             where = np.flatnonzero(entities == entity)

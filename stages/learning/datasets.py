@@ -20,6 +20,7 @@ from stages.core.errors import DataError
 from stages.learning.pool import Tracks
 from stages.learning.samplers import Batch, PKSampler, TripletSampler
 from stages.learning.tracklets import codes, load_tracklets, split_shards, track_keys
+from stages.media.crop_codec import decode_crops
 from stages.media.shards import binary_to_array, metadata
 
 CORNER_CROP = 0.875  # share of the side kept by the training corner crop (then resized back)
@@ -46,8 +47,8 @@ def _evenly_spaced(count: int, limit: int) -> np.ndarray:
 
 
 def _read_items(directory: Path, split: str, field: str, wanted: dict[str, int], limit: int,
-                shape_of: Callable[[dict[str, str], Path], tuple[int, ...]],
-                dtype: type) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                to_array: Callable[[pa.ChunkedArray, dict[str, str], Path], np.ndarray],
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Items of the wanted tracklets, grouped per tracklet and evenly subsampled: (values, start, count).
 
     Rows are picked per shard before decoding, so only the kept items are ever copied out of Arrow.
@@ -69,23 +70,17 @@ def _read_items(directory: Path, split: str, field: str, wanted: dict[str, int],
         start[tracks] = offset + np.concatenate([[0], np.cumsum(kept)[:-1]])
         count[tracks] = kept
         offset += len(keep)
-        parts.append(binary_to_array(table[field].take(pa.array(keep)), shape_of(metadata(table.schema), path),
-                                     dtype, path))
+        parts.append(to_array(table[field].take(pa.array(keep)), metadata(table.schema), path))
     if not parts:
         raise DataError(Path(directory) / split, f"no {field} rows for the task's tracklets")
     return (np.concatenate(parts) if len(parts) > 1 else parts[0]), start, count
 
 
-def _crop_shape(meta: dict[str, str], path: Path) -> tuple[int, ...]:
-    if "crop_size" not in meta:
-        raise DataError(path, "missing crop_size in the schema metadata (not written by `apes-cli crop`?)")
-    return int(meta["crop_size"]), int(meta["crop_size"]), 3
-
-
-def _mel_shape(meta: dict[str, str], path: Path) -> tuple[int, ...]:
+def _mels(column: pa.ChunkedArray, meta: dict[str, str], path: Path) -> np.ndarray:
+    """A mel shard's mel column (or rows of it) -> (N, n_mels, frames) float32."""
     if "n_mels" not in meta or "frames" not in meta:
         raise DataError(path, "missing n_mels/frames in the schema metadata (not written by `apes-cli mel`?)")
-    return int(meta["n_mels"]), int(meta["frames"])
+    return binary_to_array(column, (int(meta["n_mels"]), int(meta["frames"])), np.float32, path)
 
 
 def load_store(crops_dir: str | Path, mels_dir: str | Path | None, split: str, task: str,
@@ -105,13 +100,11 @@ def load_store(crops_dir: str | Path, mels_dir: str | Path | None, split: str, t
     mels = np.zeros((0, 1, 1), np.float32)
     mel_start, mel_count = np.zeros(n, np.int64), tracklets["n_snippets"].to_numpy().astype(np.int64)
     if "crops" in streams:
-        crops, crop_start, crop_count = _read_items(Path(crops_dir), split, "image", wanted, max_crops,
-                                                    _crop_shape, np.uint8)
+        crops, crop_start, crop_count = _read_items(Path(crops_dir), split, "image", wanted, max_crops, decode_crops)
     if "mels" in streams:
         if mels_dir is None:
             raise DataError("data/mels", "the voice stream needs mel shards")
-        mels, mel_start, mel_count = _read_items(Path(mels_dir), split, "mel", wanted, max_snippets,
-                                                 _mel_shape, np.float32)
+        mels, mel_start, mel_count = _read_items(Path(mels_dir), split, "mel", wanted, max_snippets, _mels)
     tracks = Tracks(codes(tracklets["video_id"].to_pylist()), codes(tracklets["identity"].to_pylist()),
                     crop_start, crop_count, mel_start, mel_count)
     return Store(tracklets, tracks, crops, mels)
