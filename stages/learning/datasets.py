@@ -57,7 +57,10 @@ def _read_items(directory: Path, split: str, field: str, wanted: dict[str, int],
     start = np.zeros(len(wanted), np.int64)
     count = np.zeros(len(wanted), np.int64)
     offset = 0
+    videos = {key.partition("/")[0] for key in wanted}
     for path in split_shards(directory, split):
+        if path.stem not in videos:
+            continue  # one shard per video: those without a wanted tracklet are never read
         table = pq.read_table(path, columns=["video_id", "entity_id", field])
         owner = np.array([wanted.get(k, -1) for k in track_keys(table)], np.int64)
         rows = np.flatnonzero(owner >= 0)

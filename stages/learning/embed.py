@@ -16,10 +16,12 @@ import pyarrow as pa
 import torch
 
 from stages.core.config import EvaluateParams
+from stages.core.errors import DataError
 from stages.core.schemas import EMBEDDINGS
 from stages.learning.datasets import Store, crops_to_tensor, load_store, mels_to_tensor
 from stages.learning.models import Embedder
 from stages.learning.pool import STREAMS
+from stages.learning.tracklets import load_tracklets
 
 
 def use_bf16(device: torch.device, precision: str) -> bool:
@@ -91,11 +93,22 @@ def embeddings_table(store: Store, embeddings: np.ndarray) -> pa.Table:
 def embed_tracklets(model: Embedder, modality: str, crops_dir: str | Path, mels_dir: str | Path | None,
                     split: str, task: str, settings: EvaluateParams, precision: str) -> pa.Table:
     """Embed every tracklet of a split's task (schema EMBEDDINGS) under `precision` (train.precision), averaging
-    up to `settings.crops_per_track` crops and `settings.snippets_per_track` snippets, evenly spaced."""
+    up to `settings.crops_per_track` crops and `settings.snippets_per_track` snippets, evenly spaced.
+
+    One video at a time: only one video's items are in memory, however many videos the split has."""
     if modality != model.modality:
         raise ValueError(f"model is {model.modality!r}, asked to embed as {modality!r}")
-    store = load_store(crops_dir, mels_dir, split, task, STREAMS[modality],
-                       max_crops=settings.crops_per_track, max_snippets=settings.snippets_per_track)
+    tracklets = load_tracklets(crops_dir, mels_dir, split, task)
+    if tracklets.num_rows == 0:
+        raise DataError(Path(crops_dir) / split, f"no tracklets for task '{task}' in split '{split}'")
     device = next(model.parameters()).device
     bf16 = use_bf16(device, precision)
-    return embeddings_table(store, embed_store(model, store, device, settings.batch_size, bf16))
+    video_ids = np.asarray(tracklets["video_id"].to_pylist(), dtype=object)
+    tables, order = [], []
+    for video in dict.fromkeys(video_ids):
+        rows = np.flatnonzero(video_ids == video)
+        store = load_store(crops_dir, mels_dir, split, task, STREAMS[modality], max_crops=settings.crops_per_track,
+                           max_snippets=settings.snippets_per_track, tracklets=tracklets.take(pa.array(rows)))
+        tables.append(embeddings_table(store, embed_store(model, store, device, settings.batch_size, bf16)))
+        order.append(rows)
+    return pa.concat_tables(tables).take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
