@@ -7,8 +7,10 @@ A batch is a pure function of (seed, epoch, step), so `resume` replays an interr
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import platform
 import random
 import time
 from collections.abc import Iterator
@@ -22,22 +24,30 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from stages.core.atomic import atomic_path
-from stages.core.config import TrainParams
+from stages.core.config import MODALITIES, TrainParams
 from stages.core.errors import ApesError, DataError
 from stages.core.progress import Progress, Silent
 from stages.core.runs import Run
 from stages.evaluation.ranking import ranking_metrics
 from stages.learning import losses
-from stages.learning.datasets import BatchDataset, Store, load_store
+from stages.learning.datasets import Store, load_store
 from stages.learning.embed import embed_store, use_bf16
+from stages.learning.feed import Feed
 from stages.learning.models import Embedder, build_model, checkpoint_payload
 from stages.learning.pool import STREAMS
 from stages.learning.samplers import PKSampler, TripletSampler
 from stages.learning.strategies import strategy_named
 from stages.learning.tracklets import read_tracklet_table
 
-PAPER = {"face": (3e-4, 70, 30), "voice": (5e-4, 120, 50), "crossmodal": (5e-5, 120, 45)}  # lr, epochs, step
-PAPER_BATCH = 3 * 128  # 128 triplets a step
+# lr, epochs, StepLR step (x0.1) per modality; sources in docs/training.md
+SCHEDULES = {
+    "paper": dict.fromkeys(MODALITIES, (3e-4, 70, 30)),  # section 4.1: voice and cross-modal share the face's
+    "authors": {"face": (3e-4, 70, 30), "voice": (5e-4, 120, 50), "crossmodal": (5e-5, 120, 45)},  # released code
+}
+PAPER_BATCH = 3 * 128  # 128 triplets a step: the authors' code (the paper gives no batch size)
+PAPER_CROP = 124  # face crop side of section 4.1
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")  # the ones that change CPU kernels (and so results)
+log = logging.getLogger(__name__)
 
 
 class TrainingError(ApesError):
@@ -95,9 +105,9 @@ class Progression:
 
 
 def resolve_schedule(train: TrainParams, modality: str, anchors: int) -> Schedule:
-    """The embedded profile reads params.yaml; the paper profile uses the paper's values and full epochs."""
-    if train.profile == "paper":
-        lr, epochs, step = PAPER[modality]
+    """The embedded profile reads params.yaml; paper and authors use their schedules and one pass over the anchors."""
+    if train.profile in SCHEDULES:
+        lr, epochs, step = SCHEDULES[train.profile][modality]
         return Schedule(lr, epochs, step, PAPER_BATCH, max(1, math.ceil(anchors / (PAPER_BATCH // 3))))
     optim = getattr(train, modality)
     return Schedule(optim.lr, optim.epochs, optim.step_epochs, train.batch_size, train.steps_per_epoch)
@@ -122,6 +132,24 @@ def join_world(device: str, threads: int) -> World:
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     torch.set_num_threads(max(1, threads // int(os.environ.get("LOCAL_WORLD_SIZE", size))))
     return World(rank, size, dev)
+
+
+def machine(device: torch.device, bf16: bool) -> dict[str, Any]:
+    """Where the numbers came from: device, precision, CPU model, torch's CPU kernel level and flags, GPU."""
+    cpu, flags = platform.processor() or platform.machine(), set()
+    info = Path("/proc/cpuinfo")
+    for line in info.read_text().splitlines() if info.is_file() else []:
+        name, _, value = line.partition(":")
+        if name.strip() == "model name":
+            cpu = value.strip()
+        elif name.strip() == "flags":
+            flags = set(value.split())
+    facts = {"device": device.type, "precision": "bf16" if bf16 else "fp32", "cpu": cpu,
+             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+             "cpu_flags": [flag for flag in CPU_FLAGS if flag in flags], "torch": torch.__version__}
+    if device.type == "cuda":
+        facts["gpu"] = torch.cuda.get_device_name(device)
+    return facts
 
 
 def _seed_everything(seed: int) -> None:
@@ -207,31 +235,47 @@ class Trainer:
         if world.size > 1:
             ids = [world.device.index] if world.device.type == "cuda" else None
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if train.compile:
+            self.net = torch.compile(self.net)
 
     def train_epoch(self, batches: Iterator[tuple[tuple[int, int], dict[str, torch.Tensor]]], distinct_tracks: bool,
                     progress: Progress) -> tuple[float, int]:
-        """One epoch of steps; returns the mean loss and the samples seen (all ranks)."""
+        """One epoch of steps; returns the mean loss and the samples seen (all ranks).
+
+        On CUDA the losses are read back once, at the end of the epoch: a read per step would make the CPU wait
+        for the GPU and leave it idle while the next batch is planned.
+        """
         self.model.train()
-        step_losses: list[float] = []
-        samples = 0
+        step_losses: list[torch.Tensor] = []
+        samples, first = 0, (0, 0)
         for (epoch, step), inputs in batches:
+            first = first if step_losses else (epoch, step)
             inputs = {k: v.to(self.world.device, non_blocking=True) for k, v in inputs.items()}
             with torch.autocast(self.world.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 loss = batch_loss(self.net, self.train.normalize, inputs, self.train.mining, self.train.margin,
                                   distinct_tracks)
-            value = self.world.mean(loss.detach().float())
-            if not torch.isfinite(value):
-                raise TrainingError(f"run {self.spec.name}: the loss became {value.item()} at epoch {epoch + 1}, "
-                                    f"step {step + 1}; lower train.{self.spec.modality}.lr, set train.precision: "
-                                    "fp32, or look for NaN/inf in the inputs")
+            step_losses.append(self.world.mean(loss.detach().float()))
+            if self.world.device.type != "cuda":
+                self._check_finite(step_losses[-1:], (epoch, step))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            step_losses.append(value.item())
             samples += len(next(iter(inputs.values()))) * self.world.size
             progress.advance()
+        values = torch.stack(step_losses).cpu()
+        self._check_finite(values, first)
         self.scheduler.step()
-        return float(np.mean(step_losses)), samples
+        return float(np.mean(values.double().numpy())), samples
+
+    def _check_finite(self, values: list[torch.Tensor] | torch.Tensor, first: tuple[int, int]) -> None:
+        """Stop at the first NaN or infinite step loss, naming its epoch and step (1-based)."""
+        values = torch.stack(list(values)).cpu() if isinstance(values, list) else values
+        bad = torch.nonzero(~torch.isfinite(values)).flatten()
+        if len(bad):
+            epoch, step = first[0], first[1] + int(bad[0])
+            raise TrainingError(f"run {self.spec.name}: the loss became {values[bad[0]].item()} at epoch {epoch + 1}, "
+                                f"step {step + 1}; lower train.{self.spec.modality}.lr, set train.precision: fp32, "
+                                "or look for NaN/inf in the inputs")
 
     def state(self, epoch: int, history: list[dict[str, float]], signature: dict[str, Any]) -> dict[str, Any]:
         """What last.pt holds: everything `resume` needs to continue to the same result."""
@@ -265,13 +309,25 @@ class Data:
 
     @property
     def crop_size(self) -> int:
-        """Side of the training crops in pixels (0 for a voice run)."""
+        """Side of the training crops in pixels, as the crop shards' metadata says (0 for a voice run)."""
         return int(self.store.crops.shape[1]) if "crops" in self.sampler.streams else 0
+
+    def deviations(self, settings: TrainParams) -> list[str]:
+        """How a paper or authors run departs from that setup: no ImageNet weights, crops other than 124 px."""
+        if settings.profile not in SCHEDULES:
+            return []
+        found = []
+        if not settings.pretrained:
+            found.append("no ImageNet weights (train.pretrained is empty): the streams start from scratch")
+        if self.crop_size not in (0, PAPER_CROP):
+            found.append(f"face crops are {self.crop_size} px, not {PAPER_CROP} (run `apes-cli crop` with size 124)")
+        return found
 
     def signature(self, settings: TrainParams, spec: Run, world: World) -> dict[str, Any]:
         """The settings a resumed run must share with the one that wrote last.pt."""
         return {"run": spec.name, "seed": spec.seed, "schedule": self.schedule.__dict__, "mining": settings.mining,
                 "normalize": settings.normalize, "margin": settings.margin, "pk_k": settings.pk_k,
+                "precision": settings.precision,
                 "pretrained": settings.pretrained, "max_crops_per_track": settings.max_crops_per_track,
                 "world": world.size, "tracklets": self.store.tracklets.num_rows}
 
@@ -301,20 +357,25 @@ def run(settings: TrainParams, spec: Run, crops_dir: str | Path, mels_dir: str |
     _seed_everything(spec.seed)
     data = load_data(settings, spec, crops_dir, mels_dir, triplets_dir)
     schedule, sampler = data.schedule, data.sampler
+    deviations = data.deviations(settings)
+    if deviations and world.leader:
+        log.warning("warning: run %s departs from profile %s: %s", spec.name, settings.profile, "; ".join(deviations))
     trainer = Trainer(settings, spec, schedule, world)
     signature = data.signature(settings, spec, world)
     run_dir = Path(models_dir) / spec.name
     done = trainer.resume(run_dir / "last.pt", signature) if resume else Progression()
     history = done.history
-    dataset = BatchDataset(data.store, sampler, spec.seed, world.rank, world.size)
+    feed = Feed(data.store, sampler, spec.seed, world.device, world.rank, world.size)
     progress.start((schedule.epochs - done.first_epoch) * schedule.steps_per_epoch, f"train {spec.name}")
     samples, train_seconds = 0, 0.0
     for epoch in range(done.first_epoch, schedule.epochs):
         epoch_started = time.perf_counter()
         keys = [(epoch, step) for step in range(schedule.steps_per_epoch)]
-        loader = torch.utils.data.DataLoader(dataset, batch_size=None, sampler=keys, num_workers=settings.workers,
-                                             pin_memory=world.device.type == "cuda", persistent_workers=False)
-        loss, seen = trainer.train_epoch(zip(keys, loader), sampler.strategy.distinct_tracks, progress)
+        batches = feed.batches(keys)
+        if settings.workers and world.device.type == "cpu":
+            batches = zip(keys, torch.utils.data.DataLoader(feed, batch_size=None, sampler=keys,
+                                                            num_workers=settings.workers))
+        loss, seen = trainer.train_epoch(batches, sampler.strategy.distinct_tracks, progress)
         samples, train_seconds = samples + seen, train_seconds + time.perf_counter() - epoch_started
         due = epoch + 1 == schedule.epochs or (epoch + 1) % settings.val_every == 0
         val_map = float("nan")
@@ -333,8 +394,9 @@ def run(settings: TrainParams, spec: Run, crops_dir: str | Path, mels_dir: str |
     final = history[-1]
     metrics = {
         "run": spec.name, "modality": spec.modality, "sampling": spec.sampling, "task": spec.task,
-        "seed": spec.seed, "profile": settings.profile, "device": world.device.type,
-        "precision": "bf16" if trainer.bf16 else "fp32", "world_size": world.size,
+        "seed": spec.seed, "profile": settings.profile, "deviations": deviations, "device": world.device.type,
+        "precision": "bf16" if trainer.bf16 else "fp32", "machine": machine(world.device, trainer.bf16),
+        "feed": "resident" if feed.resident else "staged", "compile": settings.compile, "world_size": world.size,
         "threads": torch.get_num_threads(), "epochs": final["epoch"], "steps_per_epoch": schedule.steps_per_epoch,
         "batch_size": schedule.batch_size, "lr": schedule.lr, "mining": settings.mining,
         "normalize": settings.normalize, "loss": round(final["loss"], 6), "first_loss": round(history[0]["loss"], 6),

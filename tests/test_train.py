@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -16,11 +17,13 @@ import pytest
 import torch
 import yaml
 from torchvision.models import resnet18
-from train_data import TinySpec, write_tiny_shards
+from train_data import PRECISION, TinySpec, reference_batch, write_tiny_shards
 from typer.testing import CliRunner
 
 from apes_cli.main import app
+from stages import train as stage
 from stages.core.config import (
+    MODALITIES,
     EvaluateParams,
     OptimParams,
     TrainParams,
@@ -32,9 +35,19 @@ from stages.core.runs import Run
 from stages.core.schemas import EMBEDDINGS
 from stages.evaluation.ranking import random_metrics
 from stages.learning.datasets import crops_to_tensor, load_store, mels_to_tensor
-from stages.learning.embed import autocast, embed_store, embed_tracklets
+from stages.learning.embed import autocast, embed_store, embed_tracklets, use_bf16
+from stages.learning.feed import Feed, fits_on
 from stages.learning.models import build_model, load_checkpoint
-from stages.train import Schedule, TrainingError, resolve_schedule
+from stages.learning.pool import STREAMS
+from stages.learning.tracklets import read_tracklet_table
+from stages.train import (
+    Schedule,
+    Trainer,
+    TrainingError,
+    World,
+    make_sampler,
+    resolve_schedule,
+)
 from stages.train import run as train
 from stages.triplets import run as triplets
 
@@ -51,6 +64,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def _settings(epochs: int = 2, steps: int = 3, batch: int = 24, lr: float = 1e-3, **train: object) -> TrainParams:
     schedule = OptimParams(lr=lr, epochs=epochs, step_epochs=epochs)
+    train = {"precision": PRECISION, **train}
     return dataclasses.replace(TrainParams(), threads=1, batch_size=batch, steps_per_epoch=steps, face=schedule,
                                voice=schedule, crossmodal=schedule, **train)
 
@@ -62,7 +76,8 @@ def _run(data: dict[str, Path], settings: TrainParams, spec: Run, out: Path, **k
 
 def test_cli_trained_face_model_beats_random_and_its_loss_falls(data: dict[str, Path], tmp_path: Path) -> None:
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["train"].update(threads=1, batch_size=36, steps_per_epoch=4, face={"lr": 1e-3, "epochs": 3, "step_epochs": 3})
+    raw["train"].update(threads=1, batch_size=36, steps_per_epoch=4, face={"lr": 1e-3, "epochs": 3, "step_epochs": 3},
+                        precision=PRECISION)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     result = CliRunner().invoke(app, [
         "train", "--modality", "face", "--sampling", "within", "--task", "seen",
@@ -224,10 +239,92 @@ def test_torchrun_two_cpu_processes_train_with_ddp(data: dict[str, Path], tmp_pa
     assert load_checkpoint(tmp_path / "models" / "face_within_seen" / "model.pt").meta["epochs"] == 1
 
 
-def test_paper_profile_uses_the_papers_schedule_and_full_epochs() -> None:
+def test_paper_profile_is_the_papers_text_and_authors_the_released_code() -> None:
     paper = dataclasses.replace(TrainParams(), profile="paper")
-    assert resolve_schedule(paper, "face", anchors=1000) == Schedule(3e-4, 70, 30, 384, 8)
-    assert resolve_schedule(paper, "voice", anchors=128) == Schedule(5e-4, 120, 50, 384, 1)
-    assert resolve_schedule(paper, "crossmodal", anchors=129).steps_per_epoch == 2
+    for modality in MODALITIES:  # voice: "the same hyper-parameters"; cross-modal combines the two (equal) ones
+        assert resolve_schedule(paper, modality, anchors=1000) == Schedule(3e-4, 70, 30, 384, 8)
+    authors = dataclasses.replace(TrainParams(), profile="authors")
+    assert resolve_schedule(authors, "face", anchors=1000) == Schedule(3e-4, 70, 30, 384, 8)
+    assert resolve_schedule(authors, "voice", anchors=128) == Schedule(5e-4, 120, 50, 384, 1)
+    assert resolve_schedule(authors, "crossmodal", anchors=129) == Schedule(5e-5, 120, 45, 384, 2)
     embedded = TrainParams()
     assert resolve_schedule(embedded, "face", 1000).lr == embedded.face.lr
+
+
+def test_a_paper_run_without_imagenet_weights_or_124_px_crops_says_so(data: dict[str, Path], tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setitem(stage.SCHEDULES, "paper", dict.fromkeys(MODALITIES, (3e-4, 1, 1)))  # one epoch, one step
+    settings = _settings(profile="paper")
+    with caplog.at_level(logging.WARNING, logger="stages.train"):
+        face = _run(data, settings, Run("face", "within", "seen_heard", 0), tmp_path / "a")
+    lines = [r.getMessage() for r in caplog.records if r.name == "stages.train"]
+    assert len(lines) == 1 and "departs from profile paper" in lines[0], lines
+    assert [d.split(" ")[:2] for d in face["deviations"]] == [["no", "ImageNet"], ["face", "crops"]]
+    assert "are 32 px, not 124" in lines[0] and (face["profile"], face["batch_size"]) == ("paper", 384)
+    torch.manual_seed(0)
+    torch.save(resnet18(weights=None).state_dict(), tmp_path / "resnet18.pth")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="stages.train"):
+        voice = _run(data, dataclasses.replace(settings, pretrained=str(tmp_path / "resnet18.pth")),
+                     Run("voice", "within", "seen_heard", 0), tmp_path / "b")
+    assert voice["deviations"] == [] and not caplog.records  # weights given, and a voice run has no crops
+    embedded = _run(data, _settings(epochs=1, steps=1), Run("voice", "weak", "seen_heard", 0), tmp_path / "c")
+    assert embedded["deviations"] == []
+
+
+def test_metrics_name_the_machine_and_auto_precision_is_fp32_on_every_cpu(data: dict[str, Path],
+                                                                         tmp_path: Path) -> None:
+    assert not use_bf16(torch.device("cpu"), "auto") and use_bf16(torch.device("cpu"), "bf16")
+    metrics = _run(data, _settings(epochs=1, steps=1, precision="auto"), Run("voice", "within", "seen_heard", 0),
+                   tmp_path)
+    facts = metrics["machine"]
+    assert (metrics["precision"], facts["precision"], facts["device"]) == ("fp32", "fp32", "cpu")
+    assert facts["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and facts["cpu"]
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        flags = {w for line in cpuinfo.read_text().splitlines() if line.startswith("flags") for w in line.split()}
+        assert set(facts["cpu_flags"]) == flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}
+    assert "gpu" not in facts and metrics["feed"] == "resident" and metrics["compile"] is False
+
+
+@pytest.mark.parametrize("modality, mining", [("face", "none"), ("crossmodal", "batch_hard")])
+def test_feed_batches_are_the_cpu_paths_bits_and_a_function_of_the_key(data: dict[str, Path], modality: str,
+                                                                       mining: str) -> None:
+    store = load_store(data["crops"], data["mels"], "train", "seen_heard", STREAMS[modality],
+                       tracklets=read_tracklet_table(data["triplets"], "seen_heard"))
+    sampler = make_sampler(store, Run(modality, "within", "seen_heard", 5), _settings(mining=mining, pk_k=2), 24)
+    keys = [(0, 0), (0, 1), (3, 2)]
+    cpu = torch.device("cpu")
+    for rank, world in ((0, 1), (1, 2)):
+        resident = Feed(store, sampler, 5, cpu, rank, world)
+        staged = Feed(store, sampler, 5, cpu, rank, world, resident=False)
+        streamed = dict(resident.batches(keys))
+        assert list(streamed) == keys and resident.resident and not staged.resident
+        for key in reversed(keys):  # any order: a batch depends on its key alone
+            expected = reference_batch(store, sampler, 5, *key, rank, world)
+            for batch in (resident[key], staged[key], streamed[key], dict(staged.batches([key]))[key]):
+                assert batch.keys() == expected.keys()
+                assert all(torch.equal(batch[name], expected[name]) for name in expected), key
+                assert all(batch[name].dtype == expected[name].dtype for name in expected)
+        if "crops" in expected:
+            assert batch["crops"].is_contiguous(memory_format=torch.channels_last)
+            assert not torch.equal(expected["crops"], reference_batch(store, sampler, 6, 3, 2, rank, world)["crops"])
+
+
+def test_items_stay_on_the_gpu_only_when_they_leave_headroom(monkeypatch: pytest.MonkeyPatch) -> None:
+    gib = 1 << 30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (76 * gib, 80 * gib))
+    assert fits_on(torch.device("cuda", 0), 17 * gib)  # the real train split at 124 px on an 80 GB card
+    assert not fits_on(torch.device("cuda", 0), 60 * gib)
+    assert fits_on(torch.device("cpu"), 1 << 50)  # on the CPU the items already sit in RAM
+
+
+def test_compile_wraps_the_model_step_and_is_off_by_default() -> None:
+    spec, schedule = Run("face", "within", "seen", 0), Schedule(1e-3, 1, 1, 24, 1)
+    world = World(0, 1, torch.device("cpu"))
+    plain = Trainer(_settings(), spec, schedule, world)
+    assert plain.net is plain.model and not TrainParams().compile
+    compiled = Trainer(_settings(compile=True), spec, schedule, world)
+    assert isinstance(compiled.net, torch._dynamo.eval_frame.OptimizedModule)
+    assert compiled.net._orig_mod is compiled.model

@@ -7,18 +7,24 @@ one is ambiguous.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import torch
+import torch.nn.functional as F
 
 from stages.core.atomic import write_parquet
 from stages.core.schemas import CROPS, MELS
+from stages.learning.datasets import Store, crops_to_tensor, mels_to_tensor
+from stages.learning.samplers import PKSampler, TripletSampler
 from stages.media.shards import with_metadata
 from stages.rawdata.layout import AMBIGUOUS
 
 SIZE = 32
+PRECISION = os.environ.get("APES_TEST_PRECISION", "auto")  # train.precision of the training tests (fp32, bf16, auto)
 N_MELS, FRAMES = 16, 12
 
 
@@ -100,3 +106,35 @@ def write_tiny_shards(root: Path, spec: TinySpec = TinySpec(), seed: int = 0) ->
             write_parquet(crops_dir / split / f"{video}.parquet", pa.table(crops, schema=crop_schema))
             write_parquet(mels_dir / split / f"{video}.parquet", pa.table(mels, schema=mel_schema))
     return crops_dir, mels_dir
+
+
+def reference_batch(store: Store, sampler: TripletSampler | PKSampler, seed: int, epoch: int, step: int,
+                    rank: int = 0, world: int = 1) -> dict[str, torch.Tensor]:
+    """The CPU batch as train made it before the device feed (commit ef4714e): convert the whole crops to float,
+    flip, cut each crop's corner with a per-corner loop, resize; the feed must give the same bits."""
+    batch = sampler.batch(epoch, step).shard(rank, world)
+    rng = np.random.default_rng([seed, epoch, step, rank, 1])
+    out: dict[str, torch.Tensor] = {}
+    if "crops" in batch.items:
+        crops = crops_to_tensor(store.crops[batch.items["crops"]])
+        n, _, size, _ = crops.shape
+        flip = torch.from_numpy(rng.random(n) < 0.5)
+        crops = torch.where(flip.view(-1, 1, 1, 1), crops.flip(3), crops)
+        side = round(size * 0.875)
+        corners = ((0, 0), (0, size - side), (size - side, 0), (size - side, size - side),
+                   ((size - side) // 2, (size - side) // 2))
+        choice = rng.integers(0, len(corners), n)
+        cut = torch.empty((n, 3, side, side), dtype=crops.dtype)
+        for index, (top, left) in enumerate(corners):
+            rows = torch.from_numpy(np.flatnonzero(choice == index))
+            if len(rows):
+                cut[rows] = crops[rows, :, top:top + side, left:left + side]
+        resized = F.interpolate(cut, size=(size, size), mode="bilinear", align_corners=False)
+        out["crops"] = resized.contiguous(memory_format=torch.channels_last)
+    if "mels" in batch.items:
+        out["mels"] = mels_to_tensor(store.mels[batch.items["mels"]])
+    for name in ("labels", "tracks", "groups"):
+        value = getattr(batch, name)
+        if value is not None and batch.kind == "pk":
+            out[name] = torch.from_numpy(np.asarray(value, np.int64))
+    return out

@@ -1,4 +1,4 @@
-"""Crops and mel snippets of one split and task, decoded once into RAM, and the batch Dataset over them.
+"""Crops and mel snippets of one split and task, decoded once into RAM (stages.learning.feed makes the batches).
 
 The embedded data fits in memory (tens of thousands of 64 px crops, a few hundred MB). Real APES at
 124 px (3.1 M boxes) would not: there the store would read row groups lazily per batch instead.
@@ -14,16 +14,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-import torch.nn.functional as F
 
 from stages.core.errors import DataError
 from stages.learning.pool import Tracks
-from stages.learning.samplers import Batch, PKSampler, TripletSampler
 from stages.learning.tracklets import codes, load_tracklets, split_shards, track_keys
 from stages.media.crop_codec import decode_crops
 from stages.media.shards import binary_to_array, metadata
-
-CORNER_CROP = 0.875  # share of the side kept by the training corner crop (then resized back)
 
 
 @dataclass(frozen=True)
@@ -122,47 +118,3 @@ def crops_to_tensor(crops: np.ndarray) -> torch.Tensor:
 def mels_to_tensor(mels: np.ndarray) -> torch.Tensor:
     """float32 (N, n_mels, frames) -> (N, 1, n_mels, frames)."""
     return torch.from_numpy(np.ascontiguousarray(mels)).unsqueeze(1)
-
-
-def augment_crops(crops: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    """Random horizontal flip and a random corner (or centre) crop resized back to the input size."""
-    n, _, size, _ = crops.shape
-    flip = torch.from_numpy(rng.random(n) < 0.5)
-    crops = torch.where(flip.view(-1, 1, 1, 1), crops.flip(3), crops)
-    side = round(size * CORNER_CROP)
-    corners = ((0, 0), (0, size - side), (size - side, 0), (size - side, size - side),
-               ((size - side) // 2, (size - side) // 2))
-    choice = rng.integers(0, len(corners), n)
-    out = torch.empty((n, 3, side, side), dtype=crops.dtype)
-    for index, (top, left) in enumerate(corners):
-        rows = torch.from_numpy(np.flatnonzero(choice == index))
-        if len(rows):
-            out[rows] = crops[rows, :, top:top + side, left:left + side]
-    resized = F.interpolate(out, size=(size, size), mode="bilinear", align_corners=False)
-    return resized.contiguous(memory_format=torch.channels_last)
-
-
-class BatchDataset(torch.utils.data.Dataset):
-    """Maps (epoch, step) to this rank's augmented training batch; usable with DataLoader workers."""
-
-    def __init__(self, store: Store, sampler: TripletSampler | PKSampler, seed: int, rank: int = 0,
-                 world: int = 1) -> None:
-        self.store, self.sampler, self.seed, self.rank, self.world = store, sampler, seed, rank, world
-
-    def __len__(self) -> int:
-        return 1 << 30  # indexed by (epoch, step) keys, not by position
-
-    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
-        epoch, step = key
-        batch: Batch = self.sampler.batch(epoch, step).shard(self.rank, self.world)
-        rng = np.random.default_rng([self.seed, epoch, step, self.rank, 1])
-        out: dict[str, torch.Tensor] = {}
-        if "crops" in batch.items:
-            out["crops"] = augment_crops(crops_to_tensor(self.store.crops[batch.items["crops"]]), rng)
-        if "mels" in batch.items:
-            out["mels"] = mels_to_tensor(self.store.mels[batch.items["mels"]])
-        for name in ("labels", "tracks", "groups"):
-            value = getattr(batch, name)
-            if value is not None and batch.kind == "pk":
-                out[name] = torch.from_numpy(np.asarray(value, np.int64))
-        return out

@@ -25,15 +25,11 @@ from stages.learning.tracklets import load_tracklets
 
 
 def use_bf16(device: torch.device, precision: str) -> bool:
-    """bf16 autocast where it pays: CUDA, or a CPU whose oneDNN has native bf16 (without it bf16 is ~50x slower)."""
+    """bf16 autocast when asked, or with `auto` on CUDA only: on a CPU, auto is fp32, whose results do not depend
+    on whether the CPU has native bf16 (docs/training.md)."""
     if precision != "auto":
         return precision == "bf16"
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
 
 
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
