@@ -204,6 +204,26 @@ def score_table(found: dict, videos: list[Path], truths: list[Truth]) -> dict:
     return out
 
 
+def sweep(work: Path, videos: list[Path], truths: list[Truth]) -> dict:
+    """Mean precision / recall over people at other thresholds, from the scored hits of results.json."""
+    out: dict = {}
+    grids = {"face": [0.35, 0.40, 0.45, 0.50, 0.55], "voice": [0.70, 0.72, 0.74, 0.76, 0.78, 0.80, 0.82]}
+    for modality, grid in grids.items():
+        hits = {person: json.loads((work / f"out{person}{modality}" / "results.json").read_text())["hits"]
+                for person in range(PEOPLE)}
+        rows_ = []
+        for threshold in grid:
+            found: dict = {}
+            for person, listed in hits.items():
+                for hit in listed:
+                    if hit["modality"] == modality and hit["score"] >= threshold:
+                        found.setdefault((Path(hit["video"]), person, modality), []).append((hit["start"], hit["end"]))
+            table = score_table(found, videos, truths)[modality]
+            rows_.append((threshold, round(table["precision"], 3), round(table["recall"], 3)))
+        out[modality] = rows_
+    return out
+
+
 def peak_rss(video: Path, index_dir: Path) -> float:
     """Peak RSS (MiB) of a fresh process indexing one video."""
     code = ("import resource, sys; from stages.index import index_videos; from stages.footage.settings import "
@@ -224,7 +244,9 @@ def run(seconds: float, count: int, work: Path, face_rate: float = 3.0) -> dict:
     started = time.perf_counter()
     for v in range(count):
         path = work / f"video{v}.mp4"
-        truths.append(compose(path, plan(seconds, 100 + v, pieces), WIDTH, HEIGHT, FPS, seed=v, crf=23))
+        # fresh grain on every frame: a few Mbit/s, so decoding costs what real 720p footage costs
+        truths.append(compose(path, plan(seconds, 100 + v, pieces), WIDTH, HEIGHT, FPS, seed=v, crf=23,
+                              grain=25, grain_frames=25))
         videos.append(path)
     compose_seconds = time.perf_counter() - started
     total = sum(t.duration for t in truths)
@@ -266,6 +288,7 @@ def run(seconds: float, count: int, work: Path, face_rate: float = 3.0) -> dict:
                 if hit["match"]:
                     ours.setdefault((video, person, modality), []).append((hit["start"], hit["end"]))
     peer_found, peer_seconds, peer_cpu = peer(videos, photos, clips)
+    thresholds = sweep(work, videos, truths)
 
     short = work / "short.mp4"
     subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-y", "-i", str(videos[0]), "-t", str(seconds / 4), "-c",
@@ -287,6 +310,7 @@ def run(seconds: float, count: int, work: Path, face_rate: float = 3.0) -> dict:
                        for k, v in d.items()} for m, d in scores.items()},
         "thresholds": {"face": FACE_THRESHOLD, "voice": VOICE_THRESHOLD},
         "face_rate": face_rate,
+        "sweep": thresholds,
         "samples": samples,
         "breakdown": [e.meta["timings"] for e in entries],
         "truth": [{"on_screen": t.on_screen, "speaking": t.speaking, "cuts": t.cuts} for t in truths],

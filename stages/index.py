@@ -133,13 +133,6 @@ def build_entry(video: str | Path, settings: IndexSettings, index_dir: str | Pat
                 tick=lambda seconds: None) -> Entry:
     """Index one video (or reuse its index): the face pass and the soundtrack (in a thread beside it: its
     models spend most of their time outside the GIL), then association."""
-    import torch
-
-    from stages.footage.association import associate
-    from stages.footage.face_embedding import face_embedder
-    from stages.footage.frames import FrameSource, sample_step
-    from stages.footage.speech import analyze_audio
-
     video = Path(video)
     info = check_video(video)
     digest = file_digest(video)
@@ -148,6 +141,13 @@ def build_entry(video: str | Path, settings: IndexSettings, index_dir: str | Pat
         loaded = read_entry(final)
         tick(info.duration or 0.0)
         return Entry(video, digest, final, False, loaded.meta)
+    import torch  # only now: a reused index needs none of the models
+
+    from stages.footage.association import associate
+    from stages.footage.face_embedding import face_embedder
+    from stages.footage.frames import FrameSource, sample_step
+    from stages.footage.speech import analyze_audio
+
     started = time.perf_counter()
     embedder = face_embedder(settings.model)
     source = FrameSource(info, sample_step(info.fps, settings.face_rate), settings.detect_height)

@@ -120,8 +120,9 @@ def _draw(shot: Shot, progress: float, width: int, height: int, faces: list[np.n
 
 
 def compose(path: Path, shots: list[Shot], width: int = 640, height: int = 360, fps: int = 25,
-            seed: int = 0, crf: int = 26, noise: float = 0.0005) -> Truth:
-    """Encode the shots into `path` (H.264 + AAC) and return the exact truth."""
+            seed: int = 0, crf: int = 26, noise: float = 0.0005, grain: int = 6, grain_frames: int = 4) -> Truth:
+    """Encode the shots into `path` (H.264 + AAC) and return the exact truth. `grain` (levels) and
+    `grain_frames` (distinct grain patterns, cycled) set the sensor noise, and so the bitrate."""
     faces = group_faces()
     rng = np.random.default_rng(seed)
     total_frames = sum(int(round(s.seconds * fps)) for s in shots)
@@ -149,13 +150,13 @@ def compose(path: Path, shots: list[Shot], width: int = 640, height: int = 360, 
             speaking.setdefault(shot.speaker or "voice", []).append((start, start + piece.size / RATE))
         frame_index += count
     write_wav(wav, audio)
-    grains = [rng.integers(0, 6, (height, width, 3), dtype=np.uint8) for _ in range(4)]  # sensor grain
+    grains = [rng.integers(0, grain, (height, width, 3), dtype=np.uint8) for _ in range(grain_frames)]
     process = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         for shot, count in zip(shots, frames_per_shot):
             shown = _shot_faces(shot, height, faces)
             for k in range(count):
-                process.stdin.write(_draw(shot, k / max(1, count - 1), width, height, shown, grains[k % 4]).tobytes())
+                process.stdin.write(_draw(shot, k / max(1, count - 1), width, height, shown, grains[k % grain_frames]).tobytes())
         process.stdin.close()
         if process.wait() != 0:
             raise RuntimeError(process.stderr.read().decode())

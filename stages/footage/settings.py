@@ -15,7 +15,7 @@ INDEX_FORMAT = "apes-index-1"
 # (docs/search.md explains how). Face: 1 - Euclidean distance between dlib descriptors.
 FACE_THRESHOLD = 0.45
 # Voice: cosine similarity of Resemblyzer embeddings.
-VOICE_THRESHOLD = 0.75
+VOICE_THRESHOLD = 0.78
 # A network trained by this pipeline (--model): cosine similarity; not calibrated on real faces.
 MODEL_FACE_THRESHOLD = 0.8
 
