@@ -341,3 +341,29 @@ def test_pretrained_embedders_score_through_the_embeddings_contract(tmp_path: Pa
     voice_metrics = run_embeddings_file(tmp_path / "voice.parquet")
     assert face_metrics["mAP"] == pytest.approx(100.0)  # six different real faces, each track its own crops
     assert voice_metrics["mAP"] > 60.0, voice_metrics  # random ranking would give about 46 here
+
+
+def test_a_network_trained_by_the_pipeline_replaces_the_face_descriptor(footage: dict, tmp_path: Path) -> None:
+    import torch
+
+    from stages.learning.models import build_model, checkpoint_payload
+    model = build_model("face", normalize=True)
+    model.meta = {"run": "face_within_seen_heard_s0", "crop_size": 64}
+    torch.manual_seed(0)
+    path = tmp_path / "face_within_seen_heard_s0" / "model.pt"
+    path.parent.mkdir()
+    torch.save(checkpoint_payload(model), path)
+    index = tmp_path / "index"
+    result = runner.invoke(app, ["search", str(footage["video"]), "--face", str(footage["photo"]), "--model", str(path),
+                                 "--index-dir", str(index), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["query"]["face"]["embedder"] == "apes-model-face_within_seen_heard_s0"
+    faces = [h for h in results["hits"] if h["modality"] == "face"]
+    assert len(faces) == 5 and all(-1.0 <= h["score"] <= 1.0 for h in faces)  # cosine scores, same 5 tracks
+    entry = next(index.iterdir())
+    assert entry.name.split("-")[1] != next(footage["index"].iterdir()).name.split("-")[1]  # its own index key
+    assert json.loads((entry / "meta.json").read_text())["face_dim"] == 512
+    voice = runner.invoke(app, ["search", str(footage["video"]), "--face", str(footage["photo"]), "--model",
+                                str(footage["clip"]), "--index-dir", str(index), "--out", str(tmp_path / "bad")])
+    _fails_cleanly(voice, "voice90.wav", "checkpoint")
