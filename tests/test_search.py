@@ -367,3 +367,14 @@ def test_a_network_trained_by_the_pipeline_replaces_the_face_descriptor(footage:
     voice = runner.invoke(app, ["search", str(footage["video"]), "--face", str(footage["photo"]), "--model",
                                 str(footage["clip"]), "--index-dir", str(index), "--out", str(tmp_path / "bad")])
     _fails_cleanly(voice, "voice90.wav", "checkpoint")
+
+
+def test_numpy_mel_equals_resemblyzers_librosa_mel() -> None:
+    from resemblyzer.audio import wav_to_mel_spectrogram
+
+    from search_media import sample_audio
+    from stages.footage.speech import _mel
+    speech = sample_audio()[16000 * 10:16000 * 14] * np.float32(3.0)  # loud enough: no volume change
+    ours, theirs = _mel(speech), wav_to_mel_spectrogram(speech)
+    assert ours.shape == theirs.shape == (401, 40)
+    assert np.allclose(ours, theirs, rtol=1e-4, atol=1e-6)

@@ -75,16 +75,53 @@ def speech_regions(audio: np.ndarray) -> list[tuple[int, int]]:
     return [(int(s["start"]), int(s["end"])) for s in stamps]
 
 
+def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale (librosa's default, htk=False): linear below 1 kHz, logarithmic above."""
+    hz = np.asarray(hz, np.float64)
+    linear = hz / (200.0 / 3)
+    return np.where(hz >= 1000.0, 15.0 + np.log(np.maximum(hz, 1e-10) / 1000.0) / (np.log(6.4) / 27.0), linear)
+
+
+def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    mel = np.asarray(mel, np.float64)
+    return np.where(mel >= 15.0, 1000.0 * np.exp((np.log(6.4) / 27.0) * (mel - 15.0)), mel * (200.0 / 3))
+
+
+@lru_cache(maxsize=1)
+def _mel_basis() -> np.ndarray:
+    """librosa.filters.mel(sr=16000, n_fft=400, n_mels=40) (Slaney scale and area normalisation), in numpy."""
+    n_fft, n_mels = 400, 40
+    fft_freqs = np.fft.rfftfreq(n_fft, 1.0 / SAMPLE_RATE)
+    mel_freqs = _mel_to_hz(np.linspace(_hz_to_mel(0.0), _hz_to_mel(SAMPLE_RATE / 2), n_mels + 2))
+    spacing = np.diff(mel_freqs)
+    ramps = np.subtract.outer(mel_freqs, fft_freqs)
+    weights = np.zeros((n_mels, len(fft_freqs)))
+    for i in range(n_mels):
+        weights[i] = np.maximum(0, np.minimum(-ramps[i] / spacing[i], ramps[i + 2] / spacing[i + 1]))
+    weights *= (2.0 / (mel_freqs[2:n_mels + 2] - mel_freqs[:n_mels]))[:, None]
+    return weights.astype(np.float32)
+
+
 def _mel(audio: np.ndarray) -> np.ndarray:
-    _encoder()  # imports resemblyzer quietly first
-    from resemblyzer.audio import wav_to_mel_spectrogram
+    """Resemblyzer's input: 40 mel power bands, 25 ms windows every 10 ms (frames x 40).
+
+    The same numbers as resemblyzer.audio.wav_to_mel_spectrogram (librosa.feature.melspectrogram with
+    n_fft=400, hop 160, centred, zero padding; checked in tests/test_search.py), computed with numpy: the
+    first librosa call in a process costs seconds of imports and JIT compilation, which a query cannot afford.
+    """
     audio = np.asarray(audio, np.float32)
     rms = float(np.sqrt(np.mean(np.square(audio)))) if audio.size else 0.0
     if 1e-5 < rms < 10 ** (-30 / 20):  # Resemblyzer's volume normalisation: raise quiet speech to -30 dBFS
-        audio = audio * (10 ** (-30 / 20) / rms)
+        audio = audio * np.float32(10 ** (-30 / 20) / rms)
     if audio.size < WINDOW * 160:  # pad a short clip to one window, as Resemblyzer does
         audio = np.pad(audio, (0, WINDOW * 160 - audio.size))
-    return wav_to_mel_spectrogram(audio).astype(np.float32)
+    n_fft, hop = 400, 160
+    padded = np.pad(audio, n_fft // 2)
+    count = 1 + (padded.size - n_fft) // hop
+    frames = np.lib.stride_tricks.as_strided(padded, (count, n_fft), (padded.strides[0] * hop, padded.strides[0]))
+    window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)  # periodic Hann
+    power = np.abs(np.fft.rfft(frames * window, axis=1)) ** 2
+    return (power.astype(np.float32) @ _mel_basis().T).astype(np.float32)
 
 
 def _windows(mel: np.ndarray, hop: int) -> tuple[np.ndarray, np.ndarray]:
