@@ -178,7 +178,11 @@ def test_crossmodal_mined_run_and_its_tracklet_embeddings(data: dict[str, Path],
         assert np.allclose(exact, vectors, atol=1e-2) and not np.array_equal(exact, vectors)
 
 
-def test_a_nan_loss_stops_with_a_clear_message(data: dict[str, Path], tmp_path: Path) -> None:
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (bench/gpu_check.sh)")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+def test_a_nan_loss_stops_with_a_clear_message(data: dict[str, Path], tmp_path: Path, device: str) -> None:
     crops, mels = write_tiny_shards(tmp_path, TinySpec(train_videos=2, val_videos=1, crops=2, snippets=2))
     for shard in (mels / "train").glob("*.parquet"):
         table = pq.read_table(shard)
@@ -188,7 +192,7 @@ def test_a_nan_loss_stops_with_a_clear_message(data: dict[str, Path], tmp_path: 
     triplets(TripletParams(), crops, mels, tmp_path / "triplets")
     with pytest.raises(TrainingError, match="loss became nan at epoch 1, step 1"):
         _run({"crops": crops, "mels": mels, "triplets": tmp_path / "triplets"}, _settings(),
-             Run("voice", "within", "seen_heard", 0), tmp_path)
+             Run("voice", "within", "seen_heard", 0), tmp_path, device=device)  # CUDA: checked at the epoch's end
     assert not (tmp_path / "models" / "voice_within_seen_heard" / "model.pt").exists()
 
 
@@ -328,3 +332,25 @@ def test_compile_wraps_the_model_step_and_is_off_by_default() -> None:
     compiled = Trainer(_settings(compile=True), spec, schedule, world)
     assert isinstance(compiled.net, torch._dynamo.eval_frame.OptimizedModule)
     assert compiled.net._orig_mod is compiled.model
+
+
+@CUDA
+def test_cuda_feed_matches_the_cpu_batches_and_trains(data: dict[str, Path], tmp_path: Path) -> None:
+    store = load_store(data["crops"], data["mels"], "train", "seen_heard", ("crops", "mels"),
+                       tracklets=read_tracklet_table(data["triplets"], "seen_heard"))
+    sampler = make_sampler(store, Run("crossmodal", "within", "seen_heard", 5), _settings(mining="batch_hard",
+                                                                                           pk_k=2), 24)
+    cuda = torch.device("cuda")
+    resident, staged = Feed(store, sampler, 5, cuda), Feed(store, sampler, 5, cuda, resident=False)
+    assert resident.resident and not staged.resident
+    keys = [(0, s) for s in range(4)]
+    for key, batch in staged.batches(keys):
+        expected, same = reference_batch(store, sampler, 5, *key), resident[key]
+        assert batch.keys() == same.keys() == expected.keys()
+        for name in expected:
+            assert batch[name].device.type == "cuda" and torch.equal(batch[name], same[name])
+            assert torch.allclose(batch[name].cpu().float(), expected[name].float(), atol=1e-5), name
+    metrics = _run(data, _settings(epochs=2, steps=3, precision="auto"), Run("face", "within", "seen", 0), tmp_path,
+                   device="cuda")
+    assert (metrics["device"], metrics["precision"], metrics["feed"]) == ("cuda", "bf16", "resident")
+    assert metrics["machine"]["gpu"] == torch.cuda.get_device_name(0) and np.isfinite(metrics["loss"])

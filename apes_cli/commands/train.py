@@ -33,10 +33,11 @@ class Device(str, enum.Enum):
 
 
 class Profile(str, enum.Enum):
-    """Which schedule: params.yaml's or the paper's."""
+    """Which schedule: params.yaml's, the paper's text (section 4.1) or the authors' released code."""
 
     embedded = "embedded"
     paper = "paper"
+    authors = "authors"
 
 
 @friendly_errors
@@ -53,7 +54,8 @@ def command(
     metrics: Annotated[Path | None, typer.Option(
         help="Metrics JSON; the per-epoch TSV goes beside it (default: metrics/train_<run>.json).")] = None,
     profile: Annotated[Profile | None, typer.Option(
-        help="Override train.profile: embedded (params.yaml values) or paper (the paper's schedule).")] = None,
+        help="Override train.profile: embedded (params.yaml values), paper (the paper's text: ImageNet weights, "
+             "lr 3e-4, x0.1 every 30 of 70 epochs, 124 px) or authors (their released code).")] = None,
     crops_dir: Annotated[Path, typer.Option(help="Crop shards (<dir>/train, <dir>/val).")] = Path("data/crops"),
     mels_dir: Annotated[Path, typer.Option(help="Mel shards (<dir>/train, <dir>/val).")] = Path("data/mels"),
     triplets_dir: Annotated[Path, typer.Option(help="Tracklet tables of `apes-cli triplets`.")] = Path("data/triplets"),

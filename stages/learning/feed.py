@@ -42,8 +42,9 @@ def flip_crop_resize(crops: torch.Tensor, rows: torch.Tensor, flip: torch.Tensor
     """uint8 (N, S, S, 3) items -> float (n, 3, S, S) channels_last in [0, 1]: rows `rows`, flipped where `flip`,
     cropped at their corner and resized back (bilinear), all on the items' device.
 
-    One gather reads the flipped crop window straight from the uint8 items; the float image equals flipping
-    and cropping the converted image, so a batch is the same bits as converting first.
+    One gather of whole pixels (index_select, ~3x faster on a CPU than 3-d advanced indexing) reads the flipped
+    crop window straight from the uint8 items; the float image equals flipping and cropping the converted
+    image, so a batch is the same bits as converting first.
     """
     size = crops.shape[1]
     side = round(size * CORNER_CROP)
@@ -52,7 +53,8 @@ def flip_crop_resize(crops: torch.Tensor, rows: torch.Tensor, flip: torch.Tensor
     y = offsets[:, :1] + span
     x = offsets[:, 1:] + span
     x = torch.where(flip[:, None], size - 1 - x, x)
-    window = crops[rows[:, None, None], y[:, :, None], x[:, None, :]]  # (n, side, side, 3) uint8
+    pixel = (rows[:, None, None] * size + y[:, :, None]) * size + x[:, None, :]  # (n, side, side) pixel numbers
+    window = torch.index_select(crops.reshape(-1, 3), 0, pixel.reshape(-1)).view(len(rows), side, side, 3)
     images = window.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
     resized = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
     return resized.contiguous(memory_format=torch.channels_last)
@@ -144,12 +146,16 @@ class Feed(torch.utils.data.Dataset):
         items themselves (pinned, on the copy stream)."""
         if self.resident:
             return plan, {name: self._send(rows) for name, rows in plan.rows.items()}, None
-        gathered = {name: as_tensor(self.store.crops[rows] if name == "crops" else self.store.mels[rows])
-                    for name, rows in plan.rows.items()}
+        sources = {"crops": self.store.crops, "mels": self.store.mels}
         if self.copies is None:
-            return plan, gathered, None
+            return plan, {name: as_tensor(sources[name][rows]) for name, rows in plan.rows.items()}, None
+        moved = {}
         with torch.cuda.stream(self.copies):
-            moved = {name: value.pin_memory().to(self.device, non_blocking=True) for name, value in gathered.items()}
+            for name, rows in plan.rows.items():
+                source = as_tensor(sources[name])
+                pinned = torch.empty((len(rows), *source.shape[1:]), dtype=source.dtype, pin_memory=True)
+                torch.index_select(source, 0, torch.from_numpy(rows), out=pinned)
+                moved[name] = pinned.to(self.device, non_blocking=True)
             done = torch.cuda.Event()
             done.record(self.copies)
         return plan, moved, done
