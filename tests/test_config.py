@@ -19,6 +19,9 @@ def test_project_params_load_and_match_defaults_types() -> None:
     assert params.data.source in ("synth", "download")
     assert params.train.face.lr > 0
     assert params_from_dict({"data": {"source": "download"}}).data.raw_dir == "data/raw_download"
+    authors = params_from_dict({"train": {"profile": "authors", "compile": True}}).train
+    assert (authors.profile, authors.compile, Params().train.compile, Params().train.precision) == \
+        ("authors", True, False, "auto")
 
 
 @pytest.mark.parametrize(
@@ -33,6 +36,9 @@ def test_project_params_load_and_match_defaults_types() -> None:
         ({"triplets": {"tasks": ["heard"]}}, "triplets.tasks"),
         ({"synth": {"shot_seconds": [3.0]}}, "synth.shot_seconds"),
         ({"train": {"normalize": "yes"}}, "train.normalize"),
+        ({"train": {"profile": "papers"}}, "train.profile"),
+        ({"train": {"compile": "on"}}, "train.compile"),
+        ({"train": {"precision": "fp16"}}, "train.precision"),
         ({"crop": {"format": "png"}}, "crop.format"),
         ({"crop": {"quality": 0}}, "crop.quality"),
         ({"data": {"raw_dir": "data/raw"}}, "data.raw_dir"),
