@@ -5,6 +5,8 @@
 2. The mel stage (read plan and audio, cut snippets, batched torchaudio log-mels, write Parquet), in
    snippets per second, against librosa computing the same snippets one at a time (goal >= 10x).
 3. Peak RSS of a fresh process running decode + crop + mel on 1 video and on N videos (goal: flat).
+4. JPEG crops (crop.format: jpeg, q90) at 64 and 124 px: bytes per crop and crops/s read back (Parquet read +
+   batched decode_jpeg on the CPU), against raw uint8 crops of the same boxes read back the same way.
 Each timing is the best of REPEATS; decode + crop also prints CPU time (process + ffmpeg children), which a
 shared machine disturbs less than wall time. Run: .venv/bin/python -m bench.media
 """
@@ -30,6 +32,7 @@ from threadpoolctl import threadpool_limits
 from stages import crop, decode, mel
 from stages.core.config import CropParams, DecodeParams, MelParams
 from stages.media.audio_features import LogMel, log_mel_at, snippet_samples
+from stages.media.crop_codec import decode_crops
 from stages.media.shards import metadata
 from stages.media.video_io import ffmpeg_exe, read_wav
 
@@ -161,6 +164,37 @@ def mel_rows(work: Path) -> list[tuple[str, str, float]]:
     ]
 
 
+def read_back(shard: Path) -> int:
+    """Read a crop shard and decode its crops to (N, S, S, 3) uint8 on the CPU, as load_store does; returns N."""
+    table = pq.read_table(shard, columns=["image"])
+    return len(decode_crops(table["image"], metadata(table.schema), shard, device="cpu"))
+
+
+def crop_format_rows(work: Path) -> list[tuple[str, str, float]]:
+    """JPEG against raw crops: bytes per crop and read-back speed, at 64 and 124 px.
+
+    Needs the decoded bench video of decode_crop_rows in `work`.
+    """
+    out = []
+    for size in (64, 124):
+        shards = {}
+        for fmt in ("raw", "jpeg"):
+            folder = work / f"crops_{fmt}_{size}"
+            crop.run(CropParams(size=size, format=fmt, workers=1), work / "raw", work / "decoded", folder, ["train"])
+            shards[fmt] = folder / "train" / "bench00.parquet"
+        count = read_back(shards["raw"])
+        per_crop = {fmt: shards[fmt].stat().st_size / count for fmt in shards}
+        (jpeg_s, _), (raw_s, _) = best_of(lambda jpeg=shards["jpeg"]: read_back(jpeg),
+                                          lambda raw=shards["raw"]: read_back(raw))
+        figure = (f"JPEG q90 crops, {size} px: {per_crop['jpeg']:,.0f} B/crop; read + decode_jpeg (CPU, 1 batch "
+                  f"call per 4,096): {count / jpeg_s:,.0f} crops/s")
+        baseline = (f"raw uint8 crops (zstd Parquet): {per_crop['raw']:,.0f} B/crop ({size * size * 3:,} B "
+                    f"uncompressed); read back: {count / raw_s:,.0f} crops/s")
+        out += [(figure, baseline, raw_s / jpeg_s),
+                (f"JPEG q90 bytes per crop, {size} px", "raw uint8 bytes per crop", per_crop["raw"] / per_crop["jpeg"])]
+    return out
+
+
 _MEMORY_SCRIPT = """
 import json, resource, sys
 from pathlib import Path
@@ -192,7 +226,7 @@ def rows() -> list[tuple[str, str, float]]:
     """(figure, baseline, ratio) rows for `python -m bench`."""
     with tempfile.TemporaryDirectory(prefix="bench-media-") as tmp:
         work = Path(tmp)
-        return decode_crop_rows(work) + mel_rows(work) + memory_rows(work)
+        return decode_crop_rows(work) + mel_rows(work) + crop_format_rows(work) + memory_rows(work)
 
 
 if __name__ == "__main__":

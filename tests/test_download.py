@@ -343,7 +343,8 @@ def dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
     """Run dvc in the scratch project (the venv's apes-cli on PATH, no analytics)."""
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                DVC_NO_ANALYTICS="1")
-    return subprocess.run(["dvc", *args], cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(["dvc", *args], cwd=project, env=env, capture_output=True, text=True, timeout=300,
+                          check=False)
 
 
 def test_dvc_repro_keeps_the_download_and_resumes_it(mirror_root: Path, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ torchvision's `decode_jpeg` on a list of crops at once, on the GPU when CUDA is 
 from __future__ import annotations
 
 import warnings
+from itertools import pairwise
 from pathlib import Path
 
 import cv2
@@ -60,7 +61,7 @@ def _jpeg_items(column: pa.ChunkedArray | pa.Array, path: str | Path) -> list[to
         offsets = np.frombuffer(chunk.buffers()[1], np.int32)[chunk.offset: chunk.offset + len(chunk) + 1]
         data = torch.from_numpy(np.frombuffer(chunk.buffers()[2], np.uint8)[offsets[0]:offsets[-1]].copy())
         ends = (offsets - offsets[0]).tolist()
-        items.extend(data[a:b] for a, b in zip(ends[:-1], ends[1:]))
+        items.extend(data[a:b] for a, b in pairwise(ends))
     return items
 
 
