@@ -378,3 +378,19 @@ def test_numpy_mel_equals_resemblyzers_librosa_mel() -> None:
     ours, theirs = _mel(speech), wav_to_mel_spectrogram(speech)
     assert ours.shape == theirs.shape == (401, 40)
     assert np.allclose(ours, theirs, rtol=1e-4, atol=1e-6)
+
+
+def test_numpy_voice_encoder_equals_resemblyzers_torch_model() -> None:
+    import torch
+    from resemblyzer import preprocess_wav
+
+    from stages.footage.speech import _encoder, _mel
+    from stages.footage.voice_numpy import embed_windows, speech_mask
+    clip = voice_piece("speaker91", 1)
+    mel = _mel(clip)
+    batch = np.stack([mel[s:s + 160] for s in range(0, mel.shape[0] - 160 + 1, 80)])
+    with torch.inference_mode():
+        theirs = _encoder()(torch.from_numpy(batch)).numpy()
+    assert np.allclose(embed_windows(batch), theirs, atol=1e-5)
+    padded = np.concatenate([np.zeros(16000, np.float32), clip * np.float32(4), np.zeros(16000, np.float32)])
+    assert speech_mask(padded).sum() == preprocess_wav(padded, source_sr=16000).size  # the same trimming

@@ -124,13 +124,17 @@ def _mel(audio: np.ndarray) -> np.ndarray:
     return (power.astype(np.float32) @ _mel_basis().T).astype(np.float32)
 
 
-def _windows(mel: np.ndarray, hop: int) -> tuple[np.ndarray, np.ndarray]:
-    """Start frames and unit embeddings of every 1.6 s window at `hop` (the last window flush right)."""
-    import torch
+def _windows(mel: np.ndarray, hop: int, numpy: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Start frames and unit embeddings of every 1.6 s window at `hop` (the last window flush right);
+    `numpy` runs the network without torch (stages/footage/voice_numpy.py)."""
     starts = list(range(0, max(1, mel.shape[0] - WINDOW + 1), hop))
     if starts[-1] + WINDOW < mel.shape[0]:
         starts.append(mel.shape[0] - WINDOW)
     batch = np.stack([mel[s:s + WINDOW] for s in starts])
+    if numpy:
+        from stages.footage.voice_numpy import embed_windows
+        return np.asarray(starts), embed_windows(batch)
+    import torch
     with torch.inference_mode():
         out = _encoder()(torch.from_numpy(batch)).numpy()
     return np.asarray(starts), out.astype(np.float32)
@@ -278,11 +282,20 @@ def read_clip(path: str | Path) -> np.ndarray:
 
 
 def embed_clip(path: str | Path) -> tuple[np.ndarray, float]:
-    """The query voice: the embedding of the clip's speech and how many seconds of speech it has."""
+    """The query voice: the embedding of the clip's speech and how many seconds of speech it has.
+
+    Resemblyzer's own preprocessing (volume to -30 dBFS, silences trimmed by WebRTC VAD), then the mean of
+    its 1.6 s windows every 0.8 s; all in numpy, so a query needs no torch (stages/footage/voice_numpy.py).
+    """
+    from stages.footage.voice_numpy import speech_mask
     audio = read_clip(path)
-    regions = speech_regions(audio)
-    if not regions:
+    rms = float(np.sqrt(np.mean(np.square(audio)))) if audio.size else 0.0
+    if 1e-5 < rms < 10 ** (-30 / 20):
+        audio = audio * np.float32(10 ** (-30 / 20) / rms)
+    speech = audio[speech_mask(audio)] if rms > 1e-5 else audio[:0]
+    if speech.size < SAMPLE_RATE * 0.3:
         raise DataError(path, "no speech found (voice activity detection); expected a recording of the "
                               "person speaking, ideally 3 s or more")
-    speech = np.concatenate([audio[lo:hi] for lo, hi in regions])
-    return embed_audio(speech), speech.size / SAMPLE_RATE
+    _, embeddings = _windows(_mel(speech), EMBED_HOP, numpy=True)
+    mean = embeddings.mean(axis=0)
+    return mean / max(float(np.linalg.norm(mean)), 1e-9), speech.size / SAMPLE_RATE
