@@ -256,7 +256,7 @@ class Trainer:
                                   distinct_tracks)
             step_losses.append(self.world.mean(loss.detach().float()))
             if self.world.device.type != "cuda":
-                self._check_finite(step_losses[-1:], (epoch, step))
+                self._check_finite(step_losses[-1].view(1), (epoch, step))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -267,9 +267,8 @@ class Trainer:
         self.scheduler.step()
         return float(np.mean(values.double().numpy())), samples
 
-    def _check_finite(self, values: list[torch.Tensor] | torch.Tensor, first: tuple[int, int]) -> None:
-        """Stop at the first NaN or infinite step loss, naming its epoch and step (1-based)."""
-        values = torch.stack(list(values)).cpu() if isinstance(values, list) else values
+    def _check_finite(self, values: torch.Tensor, first: tuple[int, int]) -> None:
+        """Stop at the first NaN or infinite loss of consecutive steps from `first`, naming its epoch and step."""
         bad = torch.nonzero(~torch.isfinite(values)).flatten()
         if len(bad):
             epoch, step = first[0], first[1] + int(bad[0])

@@ -316,6 +316,15 @@ def test_feed_batches_are_the_cpu_paths_bits_and_a_function_of_the_key(data: dic
             assert not torch.equal(expected["crops"], reference_batch(store, sampler, 6, 3, 2, rank, world)["crops"])
 
 
+def test_feed_in_dataloader_workers_gives_the_same_batches(data: dict[str, Path]) -> None:
+    tracklets = read_tracklet_table(data["triplets"], "seen")
+    store = load_store(data["crops"], None, "train", "seen", ("crops",), tracklets=tracklets)
+    feed = Feed(store, make_sampler(store, Run("face", "across", "seen", 2), _settings(), 24), 2, torch.device("cpu"))
+    keys = [(1, 0), (1, 1)]
+    loader = torch.utils.data.DataLoader(feed, batch_size=None, sampler=keys, num_workers=1)
+    assert all(torch.equal(batch["crops"], feed[key]["crops"]) for key, batch in zip(keys, loader))
+
+
 def test_items_stay_on_the_gpu_only_when_they_leave_headroom(monkeypatch: pytest.MonkeyPatch) -> None:
     gib = 1 << 30
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (76 * gib, 80 * gib))
