@@ -234,7 +234,7 @@ def peak_rss(video: Path, index_dir: Path) -> float:
     return int(result.stdout.strip().splitlines()[-1]) / 1024
 
 
-def run(seconds: float, count: int, work: Path, face_rate: float = 3.0) -> dict:
+def run(seconds: float, count: int, work: Path, face_rate: float = 2.5) -> dict:
     from stages.index import index_videos
     from stages.search import search
     queries, pieces = voice_bank()
@@ -296,6 +296,7 @@ def run(seconds: float, count: int, work: Path, face_rate: float = 3.0) -> dict:
     rss_short, rss_long = peak_rss(short, work / "rss1"), peak_rss(videos[0], work / "rss2")
     return {
         "machine": f"{os.cpu_count()} cores", "videos": count, "video_seconds": round(total, 1),
+        "video_mbit_per_s": round(sum(v.stat().st_size for v in videos) * 8 / total / 1e6, 2),
         "compose_seconds": round(compose_seconds, 1),
         "ours": score_table(ours, videos, truths), "peer": score_table(peer_found, videos, truths),
         "index_seconds": round(index_seconds, 2), "index_cpu_seconds": round(index_cpu, 2),
@@ -318,7 +319,7 @@ def run(seconds: float, count: int, work: Path, face_rate: float = 3.0) -> dict:
     }
 
 
-def rows(seconds: float = 83.0, count: int = 2, keep: Path | None = None, face_rate: float = 3.0
+def rows(seconds: float = 83.0, count: int = 2, keep: Path | None = None, face_rate: float = 2.5
          ) -> list[tuple[str, str, float]]:
     """The bench table rows (python -m bench search)."""
     if keep is not None:
@@ -355,7 +356,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=83.0, help="length of each composited video")
     parser.add_argument("--videos", type=int, default=2, help="how many videos")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep videos, results and report.json")
-    parser.add_argument("--face-rate", type=float, default=3.0, help="apes face samples per second")
+    parser.add_argument("--face-rate", type=float, default=2.5, help="apes face samples per second")
     args = parser.parse_args()
     for figure, baseline, ratio in rows(args.seconds, args.videos, args.keep, args.face_rate):
         print(f"| {figure} | {baseline} | {ratio:.2f}x |")

@@ -57,8 +57,8 @@ def worker_count(workers: int) -> int:
 def command(
     videos: VideosArgument,
     index_dir: IndexDirOption = Path(".apes-index"),
-    face_rate: FaceRateOption = 3.0,
-    detect_height: DetectHeightOption = 540,
+    face_rate: FaceRateOption = 2.5,
+    detect_height: DetectHeightOption = 720,
     upsample: UpsampleOption = 0,
     chips_per_track: ChipsOption = 3,
     model: ModelOption = None,

@@ -53,8 +53,8 @@ def command(
     voice_threshold: Annotated[Optional[float], typer.Option(
         "--voice-threshold", help="Match threshold of voice scores only (overrides --threshold).")] = None,
     index_dir: IndexDirOption = Path(".apes-index"),
-    face_rate: FaceRateOption = 3.0,
-    detect_height: DetectHeightOption = 540,
+    face_rate: FaceRateOption = 2.5,
+    detect_height: DetectHeightOption = 720,
     upsample: UpsampleOption = 0,
     chips_per_track: ChipsOption = 3,
     model: ModelOption = None,

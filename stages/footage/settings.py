@@ -24,8 +24,8 @@ MODEL_FACE_THRESHOLD = 0.8
 class IndexSettings:
     """What changes the content of an index (so it is part of the index key)."""
 
-    face_rate: float = 3.0        # face samples per second: every N = round(fps / face_rate) frames
-    detect_height: int = 540      # frames are scaled to this height for the detector
+    face_rate: float = 2.5        # face samples per second: every N = round(fps / face_rate) frames
+    detect_height: int = 720      # frames are scaled down to this height for the detector
     upsample: int = 0             # dlib HOG upsampling (1 finds faces half the size, 4x slower)
     max_gap: float = 0.7          # a track survives this many seconds without a detection
     chips_per_track: int = 3      # face descriptors per track (evenly spaced, best detections)
