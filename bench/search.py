@@ -234,7 +234,7 @@ def peak_rss(video: Path, index_dir: Path) -> float:
     return int(result.stdout.strip().splitlines()[-1]) / 1024
 
 
-def run(seconds: float, count: int, work: Path, face_rate: float = 2.5) -> dict:
+def run(seconds: float, count: int, work: Path, face_rate: float = 2.0) -> dict:
     from stages.index import index_videos
     from stages.search import search
     queries, pieces = voice_bank()
@@ -319,7 +319,7 @@ def run(seconds: float, count: int, work: Path, face_rate: float = 2.5) -> dict:
     }
 
 
-def rows(seconds: float = 83.0, count: int = 2, keep: Path | None = None, face_rate: float = 2.5
+def rows(seconds: float = 83.0, count: int = 2, keep: Path | None = None, face_rate: float = 2.0
          ) -> list[tuple[str, str, float]]:
     """The bench table rows (python -m bench search)."""
     if keep is not None:
@@ -356,7 +356,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=83.0, help="length of each composited video")
     parser.add_argument("--videos", type=int, default=2, help="how many videos")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep videos, results and report.json")
-    parser.add_argument("--face-rate", type=float, default=2.5, help="apes face samples per second")
+    parser.add_argument("--face-rate", type=float, default=2.0, help="apes face samples per second")
     args = parser.parse_args()
     for figure, baseline, ratio in rows(args.seconds, args.videos, args.keep, args.face_rate):
         print(f"| {figure} | {baseline} | {ratio:.2f}x |")

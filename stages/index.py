@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import resource
 import threading
 import time
 from collections import deque
@@ -154,13 +155,16 @@ def build_entry(video: str | Path, settings: IndexSettings, index_dir: str | Pat
     audio: dict[str, Any] = {}
 
     def audio_job() -> None:
-        begun = time.perf_counter()
+        begun, begun_cpu = time.perf_counter(), time.thread_time()
         try:
             audio["value"] = analyze_audio(info, source.cuts_known)
         except BaseException as error:  # noqa: BLE001 - handed to the main thread
             audio["error"] = error
         audio["seconds"] = time.perf_counter() - begun
+        audio["cpu"] = time.thread_time() - begun_cpu
 
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    main_cpu = time.thread_time()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one core for the audio models, one for ffmpeg + dlib
     worker = threading.Thread(target=audio_job, name="apes-audio", daemon=True)
@@ -172,6 +176,9 @@ def build_entry(video: str | Path, settings: IndexSettings, index_dir: str | Pat
         worker.join()
         torch.set_num_threads(threads)
     faces_seconds = time.perf_counter() - started
+    main_cpu = time.thread_time() - main_cpu
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    ffmpeg_cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
     if "error" in audio:
         raise audio["error"]
     segments, speech_seconds = audio["value"]
@@ -209,7 +216,8 @@ def build_entry(video: str | Path, settings: IndexSettings, index_dir: str | Pat
         "face_dim": int(embedder.dim), "tracks": len(tracks), "speech_segments": len(segments),
         "speech_seconds": round(speech_seconds, 2),
         "timings": {"faces_seconds": round(faces_seconds, 2), "audio_seconds": round(audio_seconds, 2),
-                    "total_seconds": round(total, 2),
+                    "total_seconds": round(total, 2), "faces_thread_cpu": round(main_cpu, 2),
+                    "audio_thread_cpu": round(audio.get("cpu", 0.0), 2), "ffmpeg_cpu": round(ffmpeg_cpu, 2),
                     **{k: round(v, 2) if isinstance(v, float) else v for k, v in counters.items()}},
     }
     write_entry(final, meta, faces, speech)

@@ -57,7 +57,7 @@ def worker_count(workers: int) -> int:
 def command(
     videos: VideosArgument,
     index_dir: IndexDirOption = Path(".apes-index"),
-    face_rate: FaceRateOption = 2.5,
+    face_rate: FaceRateOption = 2.0,
     detect_height: DetectHeightOption = 720,
     upsample: UpsampleOption = 0,
     chips_per_track: ChipsOption = 3,

@@ -47,13 +47,13 @@ def command(
     top: Annotated[int, typer.Option("--top", help="Hits kept in the results (best scores first).")] = 100,
     threshold: Annotated[Optional[float], typer.Option(
         "--threshold", help="Score at or above which a hit is a match, for every queried modality "
-                            "(default: face 0.45 = dlib distance 0.55, voice 0.78 cosine).")] = None,
+                            "(default: face 0.45 = dlib distance 0.55, voice 0.80 cosine).")] = None,
     face_threshold: Annotated[Optional[float], typer.Option(
         "--face-threshold", help="Match threshold of face scores only (overrides --threshold).")] = None,
     voice_threshold: Annotated[Optional[float], typer.Option(
         "--voice-threshold", help="Match threshold of voice scores only (overrides --threshold).")] = None,
     index_dir: IndexDirOption = Path(".apes-index"),
-    face_rate: FaceRateOption = 2.5,
+    face_rate: FaceRateOption = 2.0,
     detect_height: DetectHeightOption = 720,
     upsample: UpsampleOption = 0,
     chips_per_track: ChipsOption = 3,

@@ -38,7 +38,7 @@ def _table(tracklets: pa.Table, embeddings: np.ndarray) -> pa.Table:
 
 
 def face_embeddings(crops_dir: str | Path, mels_dir: str | Path | None, split: str, task: str,
-                    max_crops: int = 8) -> pa.Table:
+                    max_crops: int = 4) -> pa.Table:
     """dlib descriptors (mean per tracklet, 128-d) of the task's tracklets of a split."""
     import cv2
 

@@ -15,7 +15,7 @@ INDEX_FORMAT = "apes-index-1"
 # (docs/search.md explains how). Face: 1 - Euclidean distance between dlib descriptors.
 FACE_THRESHOLD = 0.45
 # Voice: cosine similarity of Resemblyzer embeddings.
-VOICE_THRESHOLD = 0.78
+VOICE_THRESHOLD = 0.80
 # A network trained by this pipeline (--model): cosine similarity; not calibrated on real faces.
 MODEL_FACE_THRESHOLD = 0.8
 
@@ -24,7 +24,7 @@ MODEL_FACE_THRESHOLD = 0.8
 class IndexSettings:
     """What changes the content of an index (so it is part of the index key)."""
 
-    face_rate: float = 2.5        # face samples per second: every N = round(fps / face_rate) frames
+    face_rate: float = 2.0        # face samples per second: every N = round(fps / face_rate) frames
     detect_height: int = 720      # frames are scaled down to this height for the detector
     upsample: int = 0             # dlib HOG upsampling (1 finds faces half the size, 4x slower)
     max_gap: float = 0.7          # a track survives this many seconds without a detection
