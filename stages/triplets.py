@@ -83,5 +83,5 @@ def run(settings: TripletParams, crops_dir: str | Path, mels_dir: str | Path, ou
         tasks_done = metrics["tasks"]
         metrics["skipped_not_heard"] = tasks_done["seen"]["tracklets"] - tasks_done["seen_heard"]["tracklets"]
     metrics["seconds"] = round(time.perf_counter() - started, 3)
-    metrics["crop_rows_per_s"] = round(crop_meta.num_rows / max(metrics["seconds"], 1e-9), 1)
+    metrics["crop_rows_per_s"] = round(pc.sum(crop_meta["rows"]).as_py() / max(metrics["seconds"], 1e-9), 1)
     return metrics
