@@ -33,7 +33,7 @@ from stages.learning import losses
 from stages.learning.datasets import Store, load_store
 from stages.learning.embed import embed_store, use_bf16
 from stages.learning.feed import Feed
-from stages.learning.models import Embedder, build_model, checkpoint_payload
+from stages.learning.models import Embedder, build_model, checkpoint_payload, start_stream_from
 from stages.learning.pool import STREAMS
 from stages.learning.samplers import PKSampler, TripletSampler
 from stages.learning.strategies import strategy_named
@@ -224,10 +224,14 @@ def _save(path: Path, payload: dict[str, Any]) -> None:
 class Trainer:
     """The model, its optimiser and scheduler, and one epoch of triplet training (voxceleb_trainer style)."""
 
-    def __init__(self, train: TrainParams, spec: Run, schedule: Schedule, world: World) -> None:
+    def __init__(self, train: TrainParams, spec: Run, schedule: Schedule, world: World,
+                 start_from: dict[str, Path]) -> None:
         self.train, self.spec, self.world = train, spec, world
         self.bf16 = use_bf16(world.device, train.precision)
-        self.model = build_model(spec.modality, train.normalize, train.pretrained).to(world.device)
+        self.model = build_model(spec.modality, train.normalize, train.pretrained)
+        for stream, checkpoint in start_from.items():
+            start_stream_from(self.model, stream, checkpoint)
+        self.model = self.model.to(world.device)
         self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=schedule.lr)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=schedule.step_epochs, gamma=0.1)
@@ -331,6 +335,21 @@ class Data:
                 "world": world.size, "tracklets": self.store.tracklets.num_rows}
 
 
+def single_run_checkpoints(settings: TrainParams, spec: Run, models_dir: str | Path) -> dict[str, Path]:
+    """Where a cross-modal run's streams start (train.crossmodal_init: single_runs): the face and voice runs
+    of its sampling, task and seed; nothing for other runs or crossmodal_init: scratch."""
+    if spec.modality != "crossmodal" or settings.crossmodal_init == "scratch":
+        return {}
+    found = {}
+    for stream in ("face", "voice"):
+        single = Run(stream, spec.sampling, spec.task, spec.seed, spec.seed_in_name)
+        found[stream] = Path(models_dir) / single.name / "model.pt"
+        if not found[stream].is_file():
+            raise TrainingError(f"run {spec.name} starts its {stream} stream from {found[stream]}, which does not "
+                                f"exist: train `{single.name}` first, or set train.crossmodal_init: scratch")
+    return found
+
+
 def load_data(settings: TrainParams, spec: Run, crops_dir: str | Path, mels_dir: str | Path,
               triplets_dir: str | Path) -> Data:
     """Decode the task's train items (tracklets of the triplets stage) and val items; size the schedule."""
@@ -356,11 +375,14 @@ def run(settings: TrainParams, spec: Run, crops_dir: str | Path, mels_dir: str |
     _seed_everything(spec.seed)
     data = load_data(settings, spec, crops_dir, mels_dir, triplets_dir)
     schedule, sampler = data.schedule, data.sampler
+    start_from = single_run_checkpoints(settings, spec, models_dir)
     deviations = data.deviations(settings)
+    if start_from and settings.profile in SCHEDULES:
+        deviations.append("the cross-modal streams start from the face and voice runs (train.crossmodal_init)")
     if deviations and world.leader:
         log.warning("warning: run %s departs from profile %s: %s", spec.name, settings.profile, "; ".join(deviations))
-    trainer = Trainer(settings, spec, schedule, world)
-    signature = data.signature(settings, spec, world)
+    trainer = Trainer(settings, spec, schedule, world, start_from)
+    signature = data.signature(settings, spec, world) | {"start_from": sorted(str(p) for p in start_from.values())}
     run_dir = Path(models_dir) / spec.name
     done = trainer.resume(run_dir / "last.pt", signature) if resume else Progression()
     history = done.history
@@ -403,7 +425,7 @@ def run(settings: TrainParams, spec: Run, crops_dir: str | Path, mels_dir: str |
         "anchors": len(sampler.anchors), "val_tracklets": data.val_store.tracklets.num_rows,
         "images_per_s": round(samples / train_seconds, 1) if train_seconds else None,
         "seconds": round(done.seconds_before + time.perf_counter() - started, 2),
-        "resumed_at_epoch": done.first_epoch,
+        "resumed_at_epoch": done.first_epoch, "started_from": {k: str(v) for k, v in start_from.items()},
     }
     if world.leader:
         _save(run_dir / "model.pt", checkpoint_payload(trainer.model))

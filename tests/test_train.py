@@ -178,6 +178,27 @@ def test_crossmodal_mined_run_and_its_tracklet_embeddings(data: dict[str, Path],
         assert np.allclose(exact, vectors, atol=1e-2) and not np.array_equal(exact, vectors)
 
 
+def test_crossmodal_streams_start_from_the_single_runs(data: dict[str, Path], tmp_path: Path) -> None:
+    warm = _settings(epochs=1, steps=1, batch=12, crossmodal_init="single_runs")
+    with pytest.raises(TrainingError, match="face_within_seen_heard_seed3/model.pt, which does not exist"):
+        _run(data, warm, Run("crossmodal", "within", "seen_heard", 3, True), tmp_path)
+    for modality in ("face", "voice"):
+        _run(data, warm, Run(modality, "within", "seen_heard", 3, True), tmp_path)
+    frozen = dataclasses.replace(warm, crossmodal=OptimParams(lr=0.0, epochs=1, step_epochs=1))
+    metrics = _run(data, frozen, Run("crossmodal", "within", "seen_heard", 3, True), tmp_path)
+    assert metrics["started_from"]["voice"].endswith("voice_within_seen_heard_seed3/model.pt")
+    models = tmp_path / "models"
+    joint = load_checkpoint(models / "crossmodal_within_seen_heard_seed3" / "model.pt")
+    for stream in ("face", "voice"):  # lr 0: the parameters are still the single run's
+        single = getattr(load_checkpoint(models / f"{stream}_within_seen_heard_seed3" / "model.pt"), stream)
+        for (name, got), want in zip(getattr(joint, stream).named_parameters(), single.parameters()):
+            assert torch.equal(got, want), name
+    scratch = dataclasses.replace(frozen, crossmodal_init="scratch")
+    _run(data, scratch, Run("crossmodal", "within", "seen_heard", 4, True), tmp_path)
+    fresh = load_checkpoint(models / "crossmodal_within_seen_heard_seed4" / "model.pt")
+    assert not torch.equal(fresh.face.net.conv1.weight, joint.face.net.conv1.weight)
+
+
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (bench/gpu_check.sh)")
 
 

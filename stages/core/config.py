@@ -211,6 +211,8 @@ class OptimParams:
         _check(self.step_epochs >= 1, f"{key}.step_epochs", "expected >= 1")
 
 
+CROSSMODAL_INITS = ("scratch", "single_runs")  # train.crossmodal_init: how cross-modal streams start
+
 PROFILES = ("embedded", "paper", "authors")  # params.yaml's schedule, the paper's text, the authors' released code
 
 
@@ -230,6 +232,7 @@ class TrainParams:
     steps_per_epoch: int = 14
     precision: str = "auto"
     compile: bool = False
+    crossmodal_init: str = "scratch"
     max_crops_per_track: int = 16
     val_every: int = 1
     val_items_per_track: int = 2
@@ -248,6 +251,8 @@ class TrainParams:
         _check(self.workers >= 0, f"{key}.workers", "expected >= 0")
         _check(self.steps_per_epoch >= 1, f"{key}.steps_per_epoch", "expected >= 1")
         _check(self.precision in ("auto", "bf16", "fp32"), f"{key}.precision", "expected 'auto', 'bf16' or 'fp32'")
+        _check(self.crossmodal_init in CROSSMODAL_INITS, f"{key}.crossmodal_init",
+               f"expected one of {', '.join(CROSSMODAL_INITS)}")
         _check(self.max_crops_per_track >= 0, f"{key}.max_crops_per_track", "expected >= 0 (0 = all)")
         _check(self.val_every >= 1, f"{key}.val_every", "expected >= 1")
         _check(self.val_items_per_track >= 1, f"{key}.val_items_per_track", "expected >= 1")

@@ -138,6 +138,14 @@ def load_imagenet_trunk(net: nn.Module, state: dict[str, torch.Tensor]) -> None:
                           f"unexpected {unexpected})")
 
 
+def start_stream_from(model: Embedder, stream: str, checkpoint: str | Path) -> None:
+    """Copy the weights of one stream ('face' or 'voice') of a trained checkpoint into `model`'s same stream."""
+    source = getattr(load_checkpoint(checkpoint), stream)
+    if source is None:
+        raise DataError(checkpoint, f"holds no {stream} stream to start from")
+    getattr(model, stream).load_state_dict(source.state_dict())
+
+
 def checkpoint_payload(model: Embedder) -> dict[str, Any]:
     """What model.pt holds: format, modality, normalisation, weights and run facts."""
     return {"format": CHECKPOINT_FORMAT, "modality": model.modality, "normalize": model.normalize,
