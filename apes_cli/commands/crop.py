@@ -22,7 +22,7 @@ from apes_cli.common import (
 NAME = "crop"
 HELP = ("Decode the planned frames with ffmpeg (seeking to the annotated windows) and cut every labelled, "
         "non-ambiguous face box: clipped, squared with a margin, resized to crop.size. Writes "
-        "<out>/<split>/<video_id>.parquet (raw uint8 RGB crops; schema in docs/media.md). Zero-area "
+        "<out>/<split>/<video_id>.parquet (raw uint8 RGB or JPEG crops, crop.format; docs/media.md). Zero-area "
         "boxes and tracks without an APES identity are counted skips. Resumable.")
 
 

@@ -25,8 +25,8 @@ BOXES = pa.schema([
 # audio_samples, sample_rate, fingerprint (docs/media.md).
 FRAME_PLAN = pa.schema(list(BOXES) + [pa.field("frame_index", pa.int32())])
 
-# crop: one row per kept face box, in frame order; `image` is raw uint8 RGB, size x size x 3, row-major
-# (metadata: crop_size, crop_margin, image_format=raw_rgb_uint8). To arrays: stages.media.shards.binary_to_array.
+# crop: one row per kept face box, in frame order; `image` is one size x size RGB crop, raw uint8 row-major or
+# JPEG (metadata: crop_size, crop_margin, image_format, jpeg_quality). To arrays: stages.media.crop_codec.decode_crops.
 CROPS = pa.schema([
     ("video_id", pa.string()),
     ("split", pa.string()),

@@ -2,7 +2,7 @@
 
 Layout: <dir>/<split>/<video_id>.parquet, one shard per video, written atomically. Shape metadata lives
 in each shard's schema metadata (docs/media.md):
-  crops: crop_size, crop_margin, image_format   -> `image` is uint8 crop_size x crop_size x 3
+  crops: crop_size, crop_margin, image_format   -> `image` is one crop, raw or JPEG (stages.media.crop_codec)
   mels:  n_mels, frames, sample_rate, ...        -> `mel` is float32 n_mels x frames
 """
 
