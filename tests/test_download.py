@@ -348,7 +348,7 @@ def dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_dvc_repro_keeps_the_download_and_resumes_it(mirror_root: Path, tmp_path: Path) -> None:
-    """The real dvc.yaml's download stage: a change to an unwatched or another stage's param fetches nothing, a
+    """The real dvc.yaml's download stage: a change to an unwatched or other stages' params fetches nothing, a
     larger limit fetches only the new videos, and a run killed mid-video resumes it under `dvc repro`."""
     project = tmp_path / "project"
     project.mkdir()
@@ -357,9 +357,12 @@ def test_dvc_repro_keeps_the_download_and_resumes_it(mirror_root: Path, tmp_path
         shutil.copytree(ROOT / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
     assert dvc(project, "init", "--no-scm", "-q").returncode == 0
 
-    def repro(mirror: Mirror, limit: int, **download: object) -> subprocess.CompletedProcess:
+    def repro(mirror: Mirror, limit: int, others: dict | None = None,
+              **download: object) -> subprocess.CompletedProcess:
         params = yaml.safe_load((ROOT / "params.yaml").read_text())
         params["data"]["source"] = "download"
+        for section, values in (others or {}).items():
+            params[section].update(values)
         params["download"].update({key: value for key, value in vars(settings(mirror, mirror_root)).items()
                                    if key != "workers"}, limit=limit, **download)
         (project / "params.yaml").write_text(yaml.safe_dump(params))
@@ -373,7 +376,8 @@ def test_dvc_repro_keeps_the_download_and_resumes_it(mirror_root: Path, tmp_path
         assert repro(mirror, 2).returncode == 0
         assert len(video_gets(mirror)) == 2
         first = sorted(path.name for path in raw.videos_dir.iterdir())
-        unchanged = repro(mirror, 2, workers=1, retries=1, timeout_s=9.0, backoff_s=0.5)
+        others = {"synth": {"fps": 10}, "crop": {"size": 124, "format": "jpeg"}, "train": {"margin": 0.5}}
+        unchanged = repro(mirror, 2, others, workers=1, retries=1, timeout_s=9.0, backoff_s=0.5)
         assert unchanged.returncode == 0 and "didn't change" in unchanged.stdout
         assert len(video_gets(mirror)) == 2
         assert repro(mirror, 3).returncode == 0
