@@ -385,7 +385,7 @@ def run(settings: TrainParams, spec: Run, crops_dir: str | Path, mels_dir: str |
     signature = data.signature(settings, spec, world) | {"start_from": sorted(str(p) for p in start_from.values())}
     run_dir = Path(models_dir) / spec.name
     done = trainer.resume(run_dir / "last.pt", signature) if resume else Progression()
-    history = done.history
+    history, seconds_before = done.history, done.seconds_before  # read once: history grows below
     feed = Feed(data.store, sampler, spec.seed, world.device, world.rank, world.size)
     progress.start((schedule.epochs - done.first_epoch) * schedule.steps_per_epoch, f"train {spec.name}")
     samples, train_seconds = 0, 0.0
@@ -404,7 +404,7 @@ def run(settings: TrainParams, spec: Run, crops_dir: str | Path, mels_dir: str |
             val_map = validate(trainer.model, data.val_store, world.device, eval_batch_size, trainer.bf16,
                                Path(crops_dir) / "val")["mAP"]
         history.append({"epoch": epoch + 1, "loss": loss, "val_mAP": val_map,
-                        "seconds": round(done.seconds_before + time.perf_counter() - started, 2)})
+                        "seconds": round(seconds_before + time.perf_counter() - started, 2)})
         if world.leader:
             trainer.model.meta = {"run": spec.name, "sampling": spec.sampling, "task": spec.task, "seed": spec.seed,
                                   "epochs": epoch + 1, "crop_size": data.crop_size}
@@ -424,7 +424,7 @@ def run(settings: TrainParams, spec: Run, crops_dir: str | Path, mels_dir: str |
         "val_mAP": round(final["val_mAP"], 4), "train_tracklets": data.store.tracklets.num_rows,
         "anchors": len(sampler.anchors), "val_tracklets": data.val_store.tracklets.num_rows,
         "images_per_s": round(samples / train_seconds, 1) if train_seconds else None,
-        "seconds": round(done.seconds_before + time.perf_counter() - started, 2),
+        "seconds": round(seconds_before + time.perf_counter() - started, 2),
         "resumed_at_epoch": done.first_epoch, "started_from": {k: str(v) for k, v in start_from.items()},
     }
     if world.leader:

@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -117,10 +118,12 @@ class _StopAfter:
 
 
 def test_resume_after_an_interruption_gives_the_uninterrupted_result(data: dict[str, Path], tmp_path: Path) -> None:
-    settings, spec = _settings(epochs=2, steps=3), Run("face", "across", "seen", seed=3)
+    settings, spec = _settings(epochs=3, steps=2), Run("face", "across", "seen", seed=3)
+    started = time.perf_counter()
     whole = _run(data, settings, spec, tmp_path / "a")
+    assert whole["seconds"] <= time.perf_counter() - started  # seconds are the run's wall time, counted once
     with pytest.raises(_Interrupt):
-        _run(data, settings, spec, tmp_path / "b", progress=_StopAfter(5))  # dies in epoch 2, after last.pt of epoch 1
+        _run(data, settings, spec, tmp_path / "b", progress=_StopAfter(3))  # dies in epoch 2, after last.pt of epoch 1
     assert not (tmp_path / "b" / "models" / spec.name / "model.pt").exists()
     resumed = _run(data, settings, spec, tmp_path / "b", resume=True)
     assert resumed["resumed_at_epoch"] == 1
