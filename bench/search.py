@@ -40,7 +40,7 @@ from search_media import (RATE, Shot, Truth, compose, group_faces, merged, preci
                           voice_piece, write_wav)
 
 from stages.footage.settings import FACE_THRESHOLD, VOICE_THRESHOLD, IndexSettings  # noqa: E402
-from stages.media.video_io import ffmpeg_exe, probe  # noqa: E402
+from stages.media.video_io import ffmpeg_exe  # noqa: E402
 
 PEOPLE = 5
 STRANGER = 5
@@ -305,7 +305,8 @@ def run(seconds: float, count: int, work: Path, face_rate: float = 2.0) -> dict:
         "realtime_factor": round(total / index_seconds, 2),
         "ffmpeg_seconds": round(ffmpeg_seconds, 2), "ffmpeg_seconds_per_minute": round(ffmpeg_seconds / total * 60, 2),
         "peer_seconds": round(peer_seconds, 2), "peer_cpu_seconds": round(peer_cpu, 2),
-        "query_seconds_max": round(max(query_times), 3), "query_seconds_median": round(float(np.median(query_times)), 3),
+        "query_seconds_max": round(max(query_times), 3),
+        "query_seconds_median": round(float(np.median(query_times)), 3),
         "peak_rss_mib": {f"{seconds / 4:.0f} s": round(rss_short, 1), f"{seconds:.0f} s": round(rss_long, 1)},
         "scores": {m: {k: {"n": len(v), "min": round(min(v), 3) if v else None, "max": round(max(v), 3) if v else None}
                        for k, v in d.items()} for m, d in scores.items()},

@@ -156,7 +156,8 @@ def compose(path: Path, shots: list[Shot], width: int = 640, height: int = 360, 
         for shot, count in zip(shots, frames_per_shot):
             shown = _shot_faces(shot, height, faces)
             for k in range(count):
-                process.stdin.write(_draw(shot, k / max(1, count - 1), width, height, shown, grains[k % grain_frames]).tobytes())
+                frame = _draw(shot, k / max(1, count - 1), width, height, shown, grains[k % grain_frames])
+                process.stdin.write(frame.tobytes())
         process.stdin.close()
         if process.wait() != 0:
             raise RuntimeError(process.stderr.read().decode())

@@ -1,9 +1,10 @@
 """One ffmpeg pass per video: every N-th frame scaled for the face detector, and shot cuts.
 
 The same decode feeds two outputs of one filter graph: the sampled frames (RGB, `detect_height` high)
-on stdout, and every frame as a 64x36 colour thumbnail on a second pipe (the child keeps the fd number), read by a thread that finds
-hard cuts (a jump of the mean absolute difference between consecutive thumbnails, over R, G and B). Frame `k` is at
-time k / fps (constant frame rate, as the other stages assume). Memory stays flat: one frame at a time.
+on stdout, and every frame as a 64x36 colour thumbnail on a second pipe (the child keeps the fd number),
+read by a thread that finds hard cuts (a jump of the mean absolute difference between consecutive
+thumbnails, over R, G and B). Frame `k` is at time k / fps (constant frame rate, as the other stages
+assume). Memory stays flat: one frame at a time.
 """
 
 from __future__ import annotations
