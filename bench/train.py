@@ -210,7 +210,7 @@ def _gpu_trainer(compile_model: bool, device: torch.device) -> Trainer:
     torch.manual_seed(0)
     settings = dataclasses.replace(TrainParams(), compile=compile_model)
     return Trainer(settings, Run("face", "within", "seen", 0), Schedule(3e-4, 1, 1, GPU_BATCH, GPU_STEPS),
-                   World(0, 1, device))
+                   World(0, 1, device), {})
 
 
 def _sync(device: torch.device) -> None:

@@ -360,9 +360,9 @@ def test_items_stay_on_the_gpu_only_when_they_leave_headroom(monkeypatch: pytest
 def test_compile_wraps_the_model_step_and_is_off_by_default() -> None:
     spec, schedule = Run("face", "within", "seen", 0), Schedule(1e-3, 1, 1, 24, 1)
     world = World(0, 1, torch.device("cpu"))
-    plain = Trainer(_settings(), spec, schedule, world)
+    plain = Trainer(_settings(), spec, schedule, world, {})
     assert plain.net is plain.model and not TrainParams().compile
-    compiled = Trainer(_settings(compile=True), spec, schedule, world)
+    compiled = Trainer(_settings(compile=True), spec, schedule, world, {})
     assert isinstance(compiled.net, torch._dynamo.eval_frame.OptimizedModule)
     assert compiled.net._orig_mod is compiled.model
 
