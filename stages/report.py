@@ -58,9 +58,9 @@ CLAIMS: tuple[tuple[str, str, str, str, bool], ...] = (
     ("Face beats Random", "seen_heard", "face/within", "random", True),
     ("Face beats Random (Seen)", "seen", "face/within", "random", True),
     ("Voice beats Random", "seen_heard", "voice/within", "random", True),
-    *((f"{m.capitalize()}: Weak below {s.capitalize()}", "seen_heard", f"{m}/{s}", f"{m}/weak", True)
+    *((f"{MODALITY_TITLES[m].split()[0]}: Weak below {s.capitalize()}", "seen_heard", f"{m}/{s}", f"{m}/weak", True)
       for m in MODALITIES for s in ("within", "across")),
-    *((f"Face: Weak below {s.capitalize()} (Seen)", "seen", f"face/{s}", "face/weak", True)
+    *((f"Facial: Weak below {s.capitalize()} (Seen)", "seen", f"face/{s}", "face/weak", True)
       for s in ("within", "across")),
     *((f"Cross-modal at least Face: {s.capitalize()}", "seen_heard", f"crossmodal/{s}", f"face/{s}", False)
       for s in STRATEGIES),
@@ -184,7 +184,7 @@ def check_claims(tables: dict) -> list[dict]:
         noise = NOISE_FACTOR * float(np.sqrt((a[1] ** 2 + b[1] ** 2) / 2))
         runs = [n for n in (a[2], b[2]) if n]  # the exact Random row has no seeds
         if not runs or min(runs) < 2:
-            verdict = "one seed: not judged"
+            verdict, noise = "one seed: not judged", None
         elif gap > noise:
             verdict = "holds"
         elif gap < -noise:
@@ -222,8 +222,8 @@ def _claims_markdown(claims: list[dict], seeds: tuple[int, ...]) -> list[str]:
         if "gap" not in c:
             lines.append(f"| {c['claim']} | {MISSING} | {MISSING} | | | {c['verdict']} |")
             continue
-        lines.append(f"| {c['claim']} | {c['a']:.1f} | {c['b']:.1f} | {c['gap']:+.1f} | {c['noise']:.1f} "
-                     f"| {c['verdict']} |")
+        noise = MISSING if c["noise"] is None else f"{c['noise']:.1f}"
+        lines.append(f"| {c['claim']} | {c['a']:.1f} | {c['b']:.1f} | {c['gap']:+.1f} | {noise} | {c['verdict']} |")
     return lines + [""]
 
 

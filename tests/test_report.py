@@ -161,12 +161,12 @@ def test_claims_judge_gaps_against_twice_the_pooled_seed_std(tmp_path):
     assert beats_random["gap"] == pytest.approx(42.0)
     assert beats_random["noise"] == pytest.approx(2 * np.sqrt(4.0 / 2))  # Random is exact: std 0
     assert beats_random["verdict"] == "holds"
-    within = _claim(report, "Face: Weak below Within")
+    within = _claim(report, "Facial: Weak below Within")
     assert within["noise"] == pytest.approx(4.0) and within["verdict"] == "within noise"
-    assert _claim(report, "Face: Weak below Across")["verdict"] == "does not hold"
+    assert _claim(report, "Facial: Weak below Across")["verdict"] == "does not hold"
     assert _claim(report, "Cross-modal at least Face: Within")["verdict"] == "holds (within noise)"
     assert _claim(report, "Voice beats Random")["verdict"] == "not evaluated"
-    assert "| Face: Weak below Across | 31.0 | 60.0 | -29.0 |" in markdown
+    assert "| Facial: Weak below Across | 31.0 | 60.0 | -29.0 |" in markdown
     assert stage["claims_holding"] == 2
 
 
@@ -182,5 +182,7 @@ def test_one_seed_is_not_judged_and_the_header_names_the_machine(tmp_path):
     report, markdown, _ = _invoke(metrics, tmp_path, "--seeds", "0", "--train-dir", str(train))
     assert _claim(report, "Seen harder than Seen & Heard: Face Within")["verdict"] == "one seed: not judged"
     assert _claim(report, "Seen harder than Seen & Heard: Face Within")["gap"] == pytest.approx(5.0)
+    assert _claim(report, "Seen harder than Seen & Heard: Face Within")["noise"] is None
+    assert "| Seen harder than Seen & Heard: Face Within | 55.0 | 50.0 | +5.0 | — | one seed: not judged |" in markdown
     assert report["trained_on"] == ["cpu, fp32: Test CPU 9000 (AVX512, avx2 amx_bf16) — 2 runs"]
     assert "Trained on: cpu, fp32: Test CPU 9000 (AVX512, avx2 amx_bf16) — 2 runs." in markdown
