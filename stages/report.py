@@ -222,7 +222,7 @@ def _claims_markdown(claims: list[dict], seeds: tuple[int, ...]) -> list[str]:
         if "gap" not in c:
             lines.append(f"| {c['claim']} | {MISSING} | {MISSING} | | | {c['verdict']} |")
             continue
-        noise = MISSING if c["noise"] is None else f"{c['noise']:.1f}"
+        noise = "n/a" if c["noise"] is None else f"{c['noise']:.1f}"
         lines.append(f"| {c['claim']} | {c['a']:.1f} | {c['b']:.1f} | {c['gap']:+.1f} | {noise} | {c['verdict']} |")
     return lines + [""]
 

@@ -183,6 +183,6 @@ def test_one_seed_is_not_judged_and_the_header_names_the_machine(tmp_path):
     assert _claim(report, "Seen harder than Seen & Heard: Face Within")["verdict"] == "one seed: not judged"
     assert _claim(report, "Seen harder than Seen & Heard: Face Within")["gap"] == pytest.approx(5.0)
     assert _claim(report, "Seen harder than Seen & Heard: Face Within")["noise"] is None
-    assert "| Seen harder than Seen & Heard: Face Within | 55.0 | 50.0 | +5.0 | — | one seed: not judged |" in markdown
+    assert "| Seen harder than Seen & Heard: Face Within | 55.0 | 50.0 | +5.0 | n/a | one seed: not judged |" in markdown
     assert report["trained_on"] == ["cpu, fp32: Test CPU 9000 (AVX512, avx2 amx_bf16) — 2 runs"]
     assert "Trained on: cpu, fp32: Test CPU 9000 (AVX512, avx2 amx_bf16) — 2 runs." in markdown
