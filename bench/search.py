@@ -226,7 +226,7 @@ def sweep(work: Path, videos: list[Path], truths: list[Truth]) -> dict:
 
 def peak_rss(video: Path, index_dir: Path) -> float:
     """Peak RSS (MiB) of a fresh process indexing one video."""
-    code = ("import resource, sys; from stages.index import index_videos; from stages.footage.settings import "
+    code = ("import resource, sys; from stages.footage.indexing import index_videos; from stages.footage.settings import "
             "IndexSettings; index_videos([sys.argv[1]], IndexSettings(), sys.argv[2]); "
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     result = subprocess.run([sys.executable, "-c", code, str(video), str(index_dir)], capture_output=True, text=True,
@@ -235,8 +235,8 @@ def peak_rss(video: Path, index_dir: Path) -> float:
 
 
 def run(seconds: float, count: int, work: Path, face_rate: float = 2.0) -> dict:
-    from stages.index import index_videos
-    from stages.search import search
+    from stages.footage.indexing import index_videos
+    from stages.footage.search import search
     queries, pieces = voice_bank()
     photos = query_photos(work)
     clips = [write_wav(work / f"voice{p}.wav", q) for p, q in enumerate(queries)]

@@ -65,7 +65,7 @@ def command(
     workers: WorkersOption = 1,
 ) -> None:
     """Index videos."""
-    from stages.index import index_videos  # imported here so `apes-cli --help` starts fast
+    from stages.footage.indexing import index_videos  # imported here so `apes-cli --help` starts fast
     settings = settings_from(face_rate, detect_height, upsample, chips_per_track, model)
     bar = Bar()
     try:

@@ -1,7 +1,7 @@
 """apes-cli search: every moment a person is on screen (face) or heard (voice), in one or more videos.
 
 `search(videos, face=..., voice=..., out_dir=..., settings=..., index_dir=...) -> results` validates the
-queries first (a bad photo or clip stops before any work), indexes what is not indexed yet (stages/index.py),
+queries first (a bad photo or clip stops before any work), indexes what is not indexed yet (stages/footage/indexing.py),
 scores every face track and speech segment, and writes `out_dir/results.json` and `out_dir/results.html`.
 
 results.json: {"query": {...}, "videos": [...], "hits": [...], "summary": {...}}; each hit has `video`,
@@ -23,7 +23,7 @@ from stages.core.errors import ConfigError
 from stages.core.progress import Progress
 from stages.footage.index_store import VideoIndex, read_entry
 from stages.footage.settings import VOICE_THRESHOLD, IndexSettings
-from stages.index import index_videos
+from stages.footage.indexing import index_videos
 
 
 def _face_hits(index: VideoIndex, video: str, query: np.ndarray, embedder, threshold: float) -> list[dict]:
