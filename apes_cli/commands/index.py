@@ -31,7 +31,7 @@ ModelOption = Annotated[Optional[Path], typer.Option(
     "--model", help="Face embeddings from a network trained by this pipeline (models/<run>/model.pt) "
                     "instead of the pretrained dlib descriptor.")]
 WorkersOption = Annotated[int, typer.Option(
-    "--workers", help="Videos indexed in parallel processes (0 = one per core).")]
+    "--workers", min=0, help="Videos indexed in parallel processes (0 = one per core).")]
 ChipsOption = Annotated[int, typer.Option(
     "--chips-per-track", help="Face descriptors computed per track (spread over it, best detections).")]
 
@@ -41,16 +41,6 @@ def settings_from(face_rate: float, detect_height: int, upsample: int, chips: in
     from stages.footage.settings import IndexSettings
     return IndexSettings(face_rate=face_rate, detect_height=detect_height, upsample=upsample,
                          chips_per_track=chips, model=str(model) if model else "")
-
-
-def worker_count(workers: int) -> int:
-    """0 = one per core; negative refused."""
-    import os
-
-    from stages.core.errors import ConfigError
-    if workers < 0:
-        raise ConfigError("--workers", "expected >= 0 (0 = one per core)", "command line")
-    return workers or (os.cpu_count() or 1)
 
 
 @friendly_errors
@@ -66,10 +56,11 @@ def command(
 ) -> None:
     """Index videos."""
     from stages.footage.indexing import index_videos  # imported here so `apes-cli --help` starts fast
+    from stages.media.video_jobs import resolve_workers
     settings = settings_from(face_rate, detect_height, upsample, chips_per_track, model)
     bar = Bar()
     try:
-        entries, summary = index_videos(videos, settings, index_dir, bar, worker_count(workers))
+        entries, summary = index_videos(videos, settings, index_dir, bar, resolve_workers(workers))
     finally:
         bar.close()
     for entry in entries:

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from apes_cli.commands.index import (ChipsOption, DetectHeightOption, FaceRateOption, IndexDirOption, ModelOption,
-                                     UpsampleOption, VideosArgument, WorkersOption, settings_from, worker_count)
+                                     UpsampleOption, VideosArgument, WorkersOption, settings_from)
 from apes_cli.common import Bar, friendly_errors
 
 NAME = "search"
@@ -62,6 +62,7 @@ def command(
 ) -> None:
     """Search videos for a person."""
     from stages.footage.search import search  # imported here so `apes-cli --help` starts fast
+    from stages.media.video_jobs import resolve_workers
     settings = settings_from(face_rate, detect_height, upsample, chips_per_track, model)
     notes: list[str] = []
     bar = Bar()
@@ -69,7 +70,7 @@ def command(
         results = search(videos, out, settings, index_dir, face=face, voice=voice, face_index=face_index, top=top,
                          face_threshold=face_threshold if face_threshold is not None else threshold,
                          voice_threshold=voice_threshold if voice_threshold is not None else threshold,
-                         workers=worker_count(workers), progress=bar, notes=notes)
+                         workers=resolve_workers(workers), progress=bar, notes=notes)
     finally:
         bar.close()
     for note in notes:
