@@ -1,11 +1,12 @@
 """Stage 'evaluate': rank val tracklets by embedding distance and write the benchmark metrics.
 
-Three sources of embeddings, one metric code (stages.evaluation.ranking):
+Four sources of embeddings, one metric code (stages.evaluation.ranking):
 - a trained checkpoint, or the same network with seeded random weights (`untrained`);
+- a pretrained off-the-shelf embedder: dlib's face descriptor or Resemblyzer's voice (`pretrained`);
 - anyone's embeddings Parquet (video_id, entity_id, identity, embedding; docs/evaluation.md);
 - none: the exact expected metrics of a uniformly random ranking of the val tracklets.
-One function per source (`run`, `run_embeddings_file`, `run_random`); each returns the metrics, which the
-command writes.
+One function per source (`run`, `run_pretrained`, `run_embeddings_file`, `run_random`); each returns the
+metrics, which the command writes.
 """
 
 from __future__ import annotations
@@ -21,14 +22,17 @@ import pyarrow.parquet as pq
 import torch
 
 from stages.core.atomic import write_parquet
-from stages.core.config import EvaluateParams
+from stages.core.config import EvaluateParams, PretrainedBaselineParams
 from stages.core.errors import DataError
+from stages.core.progress import Progress
 from stages.core.runs import Run
 from stages.core.schemas import EMBEDDINGS
 from stages.evaluation.ranking import random_metrics, ranking_metrics
+from stages.footage.pretrained_embeddings import PRETRAINED_MODELS, face_embeddings, voice_embeddings
 from stages.learning.embed import embed_tracklets
 from stages.learning.models import Embedder, build_model, load_checkpoint
 from stages.learning.tracklets import load_tracklets
+from stages.media.video_jobs import resolve_workers
 
 STRING_COLUMNS = ("video_id", "entity_id", "identity")
 
@@ -152,6 +156,30 @@ def run_random(crops_dir: str | Path, mels_dir: str | Path, task: str) -> dict:
         raise DataError(Path(crops_dir) / "val", f"task {task}: {error}") from None
     metrics.update(method="random", task=task, tracklets=tracklets.num_rows,
                    seconds=round(time.perf_counter() - started, 3))
+    return metrics
+
+
+def run_pretrained(settings: PretrainedBaselineParams, modality: str, task: str, crops_dir: str | Path,
+                   mels_dir: str | Path, decoded_dir: str | Path, out_dir: str | Path, workers: int = 0,
+                   progress: Progress | None = None) -> dict:
+    """The Pretrained rows: embed the task's val tracklets with dlib (face) or Resemblyzer (voice), write
+    <out_dir>/pretrained_<modality>_<task>.parquet and rank them like any method; returns the metrics.
+    `modality` is a key of PRETRAINED_MODELS; voice needs the seen_heard task; face runs dlib on `workers`
+    processes (0: one per core)."""
+    started = time.perf_counter()
+    if modality == "face":
+        table = face_embeddings(crops_dir, mels_dir, "val", task, settings.crops_per_track,
+                                resolve_workers(workers), progress)
+    else:
+        table = voice_embeddings(crops_dir, mels_dir, decoded_dir, "val", task, settings.snippets_per_track,
+                                 progress)
+    embeddings_path = Path(out_dir) / f"pretrained_{modality}_{task}.parquet"
+    metrics = score(embeddings_from_table(table, embeddings_path), embeddings_path)
+    write_parquet(embeddings_path, table)
+    seconds = time.perf_counter() - started
+    metrics.update(method="pretrained", modality=modality, task=task, model=PRETRAINED_MODELS[modality],
+                   embeddings=str(embeddings_path), tracklets=table.num_rows, seconds=round(seconds, 3),
+                   tracklets_per_s=round(table.num_rows / max(seconds, 1e-9), 1))
     return metrics
 
 

@@ -1,6 +1,7 @@
 """Stage 'report': gather every metrics/eval_*.json into the paper's Tables 3 and 4 (Markdown + JSON).
 
-Rows: Random (exact expectation), Untrained (random weights) per modality, then modality x sampling.
+Rows: Random (exact expectation), Untrained (random weights) per modality, Pretrained (dlib face, Resemblyzer
+voice) where evaluated, then modality x sampling.
 Each cell is the mean over the seeds in `report.seeds` that have a metrics file, with the sample
 standard deviation when there are several; a cell with no file is shown as '—'. The paper's own
 numbers are printed alongside for reference. Then the paper's claims, each checked on these numbers
@@ -83,15 +84,21 @@ class Record:
 
 
 def row_key(metrics: dict) -> str | None:
-    """'random', 'untrained/<modality>' or '<modality>/<sampling>'; None for files of other methods."""
+    """'random', 'untrained/<modality>', 'pretrained/<modality>' or '<modality>/<sampling>'; None for files of
+    other methods."""
     method = metrics.get("method")
     if method == "random":
         return "random"
-    if method == "untrained" and metrics.get("modality") in MODALITIES:
-        return f"untrained/{metrics['modality']}"
+    if method in ("untrained", "pretrained") and metrics.get("modality") in MODALITIES:
+        return f"{method}/{metrics['modality']}"
     if method == "trained" and metrics.get("modality") in MODALITIES and metrics.get("sampling") in STRATEGIES:
         return f"{metrics['modality']}/{metrics['sampling']}"
     return None
+
+
+def _seedless(row: str) -> bool:
+    """Rows that do not depend on a seed: the exact Random expectation and the fixed pretrained embedders."""
+    return row == "random" or row.startswith("pretrained/")
 
 
 def read_records(metrics_dir: str | Path) -> tuple[list[Record], list[dict]]:
@@ -120,6 +127,7 @@ def row_layout(task: str, present: set[str]) -> list[tuple[str, str]]:
     modalities = [m for m in MODALITIES if m in PAPER_MODALITIES[task] or any(k.startswith(f"{m}/") for k in present)]
     rows = [("random", "Random")]
     rows += [(f"untrained/{m}", f"Untrained ({MODALITY_TITLES[m].split()[0].lower()})") for m in modalities]
+    rows += [(f"pretrained/{m}", f"Pretrained {m}") for m in MODALITIES if f"pretrained/{m}" in present]
     for modality in modalities:
         rows += [(f"{modality}/{s}", f"{MODALITY_TITLES[modality]}: {s.capitalize()}") for s in STRATEGIES]
     return rows
@@ -138,10 +146,10 @@ def build_tables(records: list[Record], seeds: tuple[int, ...]) -> tuple[dict, l
     notes: list[str] = []
     chosen: dict[tuple[str, str, int | None], Record] = {}
     for record in records:
-        if record.row != "random" and record.seed not in seeds:
+        if not _seedless(record.row) and record.seed not in seeds:
             notes.append(f"{record.path.name}: seed {record.seed} is not in report.seeds {list(seeds)}; left out")
             continue
-        key = (record.task, record.row, None if record.row == "random" else record.seed)
+        key = (record.task, record.row, None if _seedless(record.row) else record.seed)
         if key in chosen:
             notes.append(f"{record.path.name} replaces {chosen[key].path.name} (same task, row and seed)")
         chosen[key] = record
@@ -162,11 +170,11 @@ def build_tables(records: list[Record], seeds: tuple[int, ...]) -> tuple[dict, l
 
 
 def _mean_std(tables: dict, task: str, key: str) -> tuple[float, float, int] | None:
-    """mAP mean, seed std (0 for the exact Random row) and number of runs of one cell; None when empty."""
+    """mAP mean, seed std (0 for the seedless rows) and number of runs of one cell; None when empty."""
     for row in tables[task]:
         if row["key"] == key and row["cells"]["mAP"]["values"]:
             cell = row["cells"]["mAP"]
-            return cell["mean"], cell["std"], 0 if key == "random" else len(cell["values"])
+            return cell["mean"], cell["std"], 0 if _seedless(key) else len(cell["values"])
     return None
 
 
@@ -181,7 +189,7 @@ def check_claims(tables: dict) -> list[dict]:
             continue
         gap = a[0] - b[0]
         noise = NOISE_FACTOR * float(np.sqrt((a[1] ** 2 + b[1] ** 2) / 2))
-        runs = [n for n in (a[2], b[2]) if n]  # the exact Random row has no seeds
+        runs = [n for n in (a[2], b[2]) if n]  # seedless rows (Random, Pretrained) have no seeds
         if not runs or min(runs) < 2:
             verdict, noise = "one seed: not judged", None
         elif gap > noise:
@@ -245,7 +253,8 @@ def render_markdown(tables: dict, seeds: tuple[int, ...], notes: list[str], figu
         "averaged per video, then over videos (paper section 4.2; docs/evaluation.md).",
         f"Each cell: this project's value (the paper's value in parentheses). Seeds: {list(seeds)}; with more "
         "than one, `mean ± sample std` over the seeds found (the `runs` column). Random is the exact "
-        f"expectation of a random ranking. {MISSING} = not evaluated yet.", "",
+        "expectation of a random ranking; Pretrained rows are off-the-shelf embedders with fixed weights (dlib's "
+        f"face descriptor, Resemblyzer; docs/search.md), run once. {MISSING} = not evaluated yet.", "",
     ]
     if len(seeds) == 1:
         lines += ["With a single seed, cells a few points apart are not separated: short training runs move "
@@ -254,8 +263,8 @@ def render_markdown(tables: dict, seeds: tuple[int, ...], notes: list[str], figu
         lines += [f"## {TASK_TITLES[task]}", "",
                   "| | " + " | ".join(COLUMNS) + " | runs |", "|---|" + "---:|" * (len(COLUMNS) + 1)]
         for row in rows:
-            if row["key"] == "random":
-                runs = "exact" if row["files"] else MISSING
+            if _seedless(row["key"]):
+                runs = ("exact" if row["key"] == "random" else "fixed") if row["files"] else MISSING
             else:
                 runs = f"{len(row['seeds'])}/{len(seeds)}"
             cells = " | ".join(_format(row["cells"][c]) for c in COLUMNS)
@@ -273,7 +282,7 @@ def render_markdown(tables: dict, seeds: tuple[int, ...], notes: list[str], figu
 def best_run(tables: dict, records: list[Record]) -> Record | None:
     """The trained run file with the highest mAP among the reported cells (the figure's model)."""
     reported = {name for rows in tables.values() for row in rows if "/" in row["key"]
-                and not row["key"].startswith("untrained") for name in row["files"]}
+                and not row["key"].startswith(("untrained/", "pretrained/")) for name in row["files"]}
     candidates = [r for r in records if r.path.name in reported]
     return max(candidates, key=lambda r: (r.metrics["mAP"], r.path.name), default=None)
 

@@ -74,6 +74,7 @@ def test_repro_builds_the_full_benchmark_grid(project: Path) -> None:
     markdown = (project / "metrics" / "benchmark.md").read_text()
     rows = [line for line in markdown.splitlines() if line.startswith("| ") and "---" not in line]
     assert any(row.startswith("| Random") for row in rows) and any(row.startswith("| Untrained") for row in rows)
+    assert {"Pretrained face", "Pretrained voice"} <= {row.split("|")[1].strip() for row in rows}
     assert not [row for row in rows if "—" in row]
     synth = json.loads((project / "metrics" / "synth.json").read_text())
     crop = json.loads((project / "metrics" / "crop.json").read_text())

@@ -326,21 +326,49 @@ def _report_shards(root: Path) -> tuple[Path, Path, Path]:
     return crops, mels, decoded
 
 
-def test_pretrained_embedders_score_through_the_embeddings_contract(tmp_path: Path) -> None:
-    from stages.core.atomic import write_parquet
-    from stages.evaluate import run_embeddings_file
-    from stages.footage.pretrained_embeddings import face_embeddings, voice_embeddings
+def test_pretrained_embedders_become_report_rows(tmp_path: Path) -> None:
     crops, mels, decoded = _report_shards(tmp_path)
-    face = face_embeddings(crops, mels, "val", "seen_heard")
-    voice = voice_embeddings(crops, mels, decoded, "val", "seen_heard")
-    assert face.num_rows == voice.num_rows == 12
-    assert len(face["embedding"][0].as_py()) == 128 and len(voice["embedding"][0].as_py()) == 256
-    for name, table in (("face", face), ("voice", voice)):
-        write_parquet(tmp_path / f"{name}.parquet", table)
-    face_metrics = run_embeddings_file(tmp_path / "face.parquet")  # what `evaluate --embeddings` runs
-    voice_metrics = run_embeddings_file(tmp_path / "voice.parquet")
-    assert face_metrics["mAP"] == pytest.approx(100.0)  # six different real faces, each track its own crops
-    assert voice_metrics["mAP"] > 60.0, voice_metrics  # random ranking would give about 46 here
+    eval_dir, out = tmp_path / "eval", tmp_path / "embeddings"
+    runs = {("face", "seen_heard"): ["--workers", "2"], ("voice", "seen_heard"): [], ("face", "seen"): ["--workers", "1"]}
+    for (modality, task), extra in runs.items():
+        result = runner.invoke(app, ["evaluate", "--pretrained", "--modality", modality, "--task", task,
+                                     "--crops-dir", str(crops), "--mels-dir", str(mels), "--decoded-dir", str(decoded),
+                                     "--out", str(out), "--metrics", str(eval_dir / f"eval_pretrained_{modality}_{task}.json"),
+                                     *extra])
+        assert result.exit_code == 0, result.output
+    face = json.loads((eval_dir / "eval_pretrained_face_seen_heard.json").read_text())
+    voice = json.loads((eval_dir / "eval_pretrained_voice_seen_heard.json").read_text())
+    assert face["tracklets"] == voice["tracklets"] == 12
+    assert face["mAP"] == pytest.approx(100.0)  # six different real faces, each track its own crops
+    assert voice["mAP"] > 60.0, voice  # random ranking would give about 46 here
+    embedded = pq.read_table(out / "pretrained_voice_seen_heard.parquet")
+    assert len(embedded["embedding"][0].as_py()) == 256
+    # one process or two: the same descriptors
+    seen = json.loads((eval_dir / "eval_pretrained_face_seen.json").read_text())
+    assert pq.read_table(out / "pretrained_face_seen.parquet")["embedding"].to_pylist() == \
+        pq.read_table(out / "pretrained_face_seen_heard.parquet")["embedding"].to_pylist()
+    assert seen["mAP"] == face["mAP"]
+
+    result = runner.invoke(app, ["report", "--eval-dir", str(eval_dir), "--out", str(tmp_path / "report"),
+                                 "--crops-dir", str(crops), "--metrics", str(tmp_path / "report.json")])
+    assert result.exit_code == 0, result.output
+    tables = json.loads((tmp_path / "report" / "benchmark.json").read_text())["tasks"]
+    rows = {task: {row["key"]: row for row in rows} for task, rows in tables.items()}
+    assert rows["seen_heard"]["pretrained/voice"]["cells"]["mAP"]["values"] == [voice["mAP"]]
+    assert rows["seen_heard"]["pretrained/face"]["label"] == "Pretrained face"
+    assert "pretrained/voice" not in rows["seen"]
+    markdown = (tmp_path / "report" / "benchmark.md").read_text()
+    assert f"| Pretrained voice | {voice['R@10']:.1f} |" in markdown
+
+
+def test_pretrained_voice_needs_the_seen_heard_task(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["evaluate", "--pretrained", "--modality", "voice", "--task", "seen",
+                                 "--metrics", str(tmp_path / "m.json")])
+    assert result.exit_code == 2 and "--task" in result.output and "seen_heard" in result.output
+    result = runner.invoke(app, ["evaluate", "--pretrained", "--modality", "crossmodal", "--task", "seen_heard",
+                                 "--metrics", str(tmp_path / "m.json")])
+    assert result.exit_code == 2 and "no pretrained crossmodal embedder" in result.output
+    assert not (tmp_path / "m.json").exists()
 
 
 def test_a_network_trained_by_the_pipeline_replaces_the_face_descriptor(footage: dict, tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""apes-cli evaluate: benchmark metrics of a trained run, of an untrained network, of random, or of a file."""
+"""apes-cli evaluate: benchmark metrics of a trained run, an untrained network, a pretrained embedder, random, or
+a file."""
 
 from __future__ import annotations
 
@@ -7,15 +8,27 @@ from typing import Annotated
 
 import typer
 
-from apes_cli.common import Modality, ParamsOption, Sampling, Task, friendly_errors, read_params, report_metrics
+from apes_cli.common import (
+    Modality,
+    ParamsOption,
+    Sampling,
+    Task,
+    friendly_errors,
+    read_params,
+    report_metrics,
+    run_stage,
+)
 from stages.core.errors import ConfigError
 from stages.core.runs import Run
 
 NAME = "evaluate"
+PRETRAINED_MODALITIES = ("face", "voice")
 HELP = (
     "Rank the val tracklets of each video by embedding distance and write P@K, R@K and mAP (paper 4.2).\n\n"
     "A trained run:   apes-cli evaluate --modality face --sampling within --task seen_heard\n\n"
     "Random weights:  apes-cli evaluate --modality face --task seen_heard --untrained\n\n"
+    "Pretrained:      apes-cli evaluate --modality voice --task seen_heard --pretrained  (dlib face, Resemblyzer "
+    "voice)\n\n"
     "Random ranking:  apes-cli evaluate --random --task seen_heard\n\n"
     "Any method:      apes-cli evaluate --embeddings mine.parquet --metrics mine.json  (docs/evaluation.md)"
 )
@@ -37,18 +50,26 @@ def command(
         min=0, help="Training seed of the run (default: params seed); also seeds the untrained weights.")] = None,
     untrained: Annotated[bool, typer.Option(
         "--untrained", help="Evaluate the network with seeded random weights (the report's Untrained row).")] = False,
+    pretrained: Annotated[bool, typer.Option(
+        "--pretrained", help="Evaluate the off-the-shelf embedder of the modality: dlib's face descriptor or "
+                             "Resemblyzer's speaker encoder (the report's Pretrained rows).")] = False,
     random: Annotated[bool, typer.Option(
         "--random", help="The exact expected metrics of a random ranking (the report's Random row).")] = False,
     embeddings: Annotated[Path | None, typer.Option(
         help="Evaluate this embeddings Parquet (video_id, entity_id, identity, embedding) instead.")] = None,
     out: Annotated[Path, typer.Option(
-        help="Folder of the val embeddings of a run: <out>/<run>.parquet.")] = Path("data/embeddings"),
+        help="Folder of the val embeddings written: <out>/<run>.parquet or <out>/pretrained_<modality>_<task>.parquet."
+    )] = Path("data/embeddings"),
     metrics: Annotated[Path | None, typer.Option(
-        help="Metrics JSON (default: metrics/eval_<run>.json, metrics/eval_random_<task>.json or "
-             "metrics/eval_file_<name>.json).")] = None,
+        help="Metrics JSON (default: metrics/eval_<run>.json, metrics/eval_pretrained_<modality>_<task>.json, "
+             "metrics/eval_random_<task>.json or metrics/eval_file_<name>.json).")] = None,
     crops_dir: Annotated[Path, typer.Option(help="Crop shards (read: <dir>/val/*.parquet).")] = Path("data/crops"),
     mels_dir: Annotated[Path, typer.Option(help="Mel shards (read: <dir>/val/*.parquet).")] = Path("data/mels"),
     models_dir: Annotated[Path, typer.Option(help="Trained runs: <dir>/<run>/model.pt.")] = Path("models"),
+    decoded_dir: Annotated[Path, typer.Option(
+        help="Decoded audio, for --pretrained voice (read: <dir>/audio/val/*.wav).")] = Path("data/decoded"),
+    workers: Annotated[int, typer.Option(
+        min=0, help="Processes for dlib's face descriptor with --pretrained (0 = one per core).")] = 0,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Evaluate one run, a baseline, or an embeddings file."""
@@ -63,6 +84,17 @@ def command(
                        metrics or Path("metrics") / f"eval_random_{task_name}.json")
         return
     loaded = read_params(params)
+    if pretrained:
+        modality_name = _required(modality and modality.value, "--modality")
+        if modality_name not in PRETRAINED_MODALITIES:
+            raise ConfigError("--modality", f"no pretrained {modality_name} embedder; expected "
+                                            f"{' or '.join(PRETRAINED_MODALITIES)}", "command line")
+        if modality_name == "voice" and task_name != "seen_heard":
+            raise ConfigError("--task", "the voice embedder needs speech: expected seen_heard", "command line")
+        run_stage(stage.run_pretrained, loaded.pretrained_baselines, modality_name, task_name, crops_dir, mels_dir,
+                  decoded_dir, out, workers,
+                  metrics=metrics or Path("metrics") / f"eval_pretrained_{modality_name}_{task_name}.json")
+        return
     spec = Run(_required(modality and modality.value, "--modality"),
                None if untrained else _required(sampling and sampling.value, "--sampling"), task_name,
                loaded.seed if seed is None else seed, seed is not None)

@@ -275,6 +275,18 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class PretrainedBaselineParams:
+    """How the pretrained embedders (the report's Pretrained rows) see a tracklet."""
+
+    crops_per_track: int = 2
+    snippets_per_track: int = 16
+
+    def validate(self, key: str) -> None:
+        _check(self.crops_per_track >= 1, f"{key}.crops_per_track", "expected >= 1")
+        _check(self.snippets_per_track >= 1, f"{key}.snippets_per_track", "expected >= 1")
+
+
+@dataclass(frozen=True)
 class ReportParams:
     """Seeds whose runs the report aggregates (mean and spread per cell)."""
 
@@ -298,6 +310,7 @@ class Params:
     triplets: TripletParams = TripletParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
+    pretrained_baselines: PretrainedBaselineParams = PretrainedBaselineParams()
     report: ReportParams = ReportParams()
 
     def validate(self, key: str = "") -> None:

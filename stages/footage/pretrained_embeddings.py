@@ -1,5 +1,5 @@
 """The pretrained embedders as benchmark methods: an embeddings Parquet (schema EMBEDDINGS) of a split's
-tracklets, for `apes-cli evaluate --embeddings FILE.parquet` (the report's "Pretrained face" and
+tracklets, scored like any method (the report's "Pretrained face" and
 "Pretrained voice" rows).
 
 Face: dlib's ResNet descriptor on the crops themselves (the embedded data's cartoon faces are too small
@@ -8,24 +8,23 @@ of up to `max_crops` evenly spaced crops per tracklet. Voice: Resemblyzer on the
 mel snippets (cut from `decode`'s WAV at each snippet's start), up to `max_snippets` evenly spaced,
 concatenated. The tracklets are exactly those `evaluate` ranks (stages.learning.tracklets.load_tracklets).
 
-    python -m stages.footage.pretrained_embeddings --modality face --task seen_heard \\
-        --out data/embeddings/pretrained_face_seen_heard.parquet
-    apes-cli evaluate --embeddings data/embeddings/pretrained_face_seen_heard.parquet ...
+    apes-cli evaluate --pretrained --modality face --task seen_heard   (stages.evaluate.run_pretrained)
 """
 
 from __future__ import annotations
 
-import argparse
-import time
+import multiprocessing
+from concurrent import futures
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stages.core.atomic import write_parquet
 from stages.core.errors import DataError
+from stages.core.progress import Progress, Silent
 from stages.core.schemas import EMBEDDINGS
+from stages.footage.face_embedding import DlibFaceEmbedder
 from stages.media.shards import audio_path, metadata, plan_path, shard_path
 
 
@@ -37,37 +36,56 @@ def _table(tracklets: pa.Table, embeddings: np.ndarray) -> pa.Table:
                     schema=EMBEDDINGS)
 
 
-def face_embeddings(crops_dir: str | Path, mels_dir: str | Path | None, split: str, task: str,
-                    max_crops: int = 4) -> pa.Table:
-    """dlib descriptors (mean per tracklet, 128-d) of the task's tracklets of a split."""
-    import cv2
+PRETRAINED_MODELS = {"face": "dlib_face_recognition_resnet_model_v1", "voice": "resemblyzer 0.1.4"}
+_worker_embedder = None  # one dlib network per worker process (dlib holds the GIL, so workers are processes)
+BLOCK = 32  # crops per task handed to a worker
 
-    from stages.footage.face_embedding import DlibFaceEmbedder
+
+def _start_worker() -> None:
+    global _worker_embedder
+    _worker_embedder = DlibFaceEmbedder()
+
+
+def _describe(crops: np.ndarray) -> np.ndarray:
+    """dlib descriptors of a block of crops, each resized to dlib's 150 px chip (in a worker process)."""
+    import cv2
+    chips = [cv2.resize(np.ascontiguousarray(c), (150, 150), interpolation=cv2.INTER_LINEAR) for c in crops]
+    return _worker_embedder.embed(chips)
+
+
+def face_embeddings(crops_dir: str | Path, mels_dir: str | Path | None, split: str, task: str,
+                    max_crops: int = 4, workers: int = 1, progress: Progress | None = None) -> pa.Table:
+    """dlib descriptors (mean per tracklet, 128-d) of the task's tracklets of a split, on `workers` processes."""
     from stages.learning.datasets import load_store
     store = load_store(crops_dir, mels_dir, split, task, ("crops",), max_crops=max_crops)
-    embedder = DlibFaceEmbedder()
+    progress = progress or Silent()
     count = store.tracks.count("crops")
     owner = np.repeat(np.arange(len(count)), count)
-    total = np.zeros((len(count), embedder.dim), np.float64)
-    for lo in range(0, len(store.crops), 64):
-        chips = [cv2.resize(np.ascontiguousarray(c), (150, 150), interpolation=cv2.INTER_LINEAR)
-                 for c in store.crops[lo:lo + 64]]
-        np.add.at(total, owner[lo:lo + 64], embedder.embed(chips))
+    total = np.zeros((len(count), DlibFaceEmbedder.dim), np.float64)
+    blocks = [(lo, store.crops[lo:lo + BLOCK]) for lo in range(0, len(store.crops), BLOCK)]
+    progress.start(len(store.crops), f"dlib descriptors ({split} {task})")
+    with futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=_start_worker) as pool:
+        for (lo, crops), descriptors in zip(blocks, pool.map(_describe, [crops for _, crops in blocks])):
+            np.add.at(total, owner[lo:lo + len(crops)], descriptors)
+            progress.advance(len(crops))
     return _table(store.tracklets, (total / np.maximum(count, 1)[:, None]).astype(np.float32))
 
 
 def voice_embeddings(crops_dir: str | Path, mels_dir: str | Path, decoded_dir: str | Path, split: str,
-                     task: str = "seen_heard", max_snippets: int = 16) -> pa.Table:
+                     task: str = "seen_heard", max_snippets: int = 16, progress: Progress | None = None) -> pa.Table:
     """Resemblyzer embeddings (256-d) of the speech of each tracklet (tracklets without speech: an error)."""
     from stages.footage.speech import SAMPLE_RATE, embed_audio
     from stages.learning.tracklets import load_tracklets
     from stages.media.video_io import read_wav
+    progress = progress or Silent()
     tracklets = load_tracklets(crops_dir, mels_dir, split, task)
     out = np.zeros((tracklets.num_rows, 256), np.float32)
     rows: dict[str, list[int]] = {}
     for row, video in enumerate(tracklets["video_id"].to_pylist()):
         rows.setdefault(video, []).append(row)
     entities = tracklets["entity_id"].to_pylist()
+    progress.start(tracklets.num_rows, f"Resemblyzer embeddings ({split} {task})")
     for video, members in rows.items():
         shard = shard_path(mels_dir, split, video)
         table = pq.read_table(shard, columns=["entity_id", "start"])
@@ -88,28 +106,5 @@ def voice_embeddings(crops_dir: str | Path, mels_dir: str | Path, decoded_dir: s
             pick = np.unique(np.round(np.linspace(0, len(mine) - 1, min(len(mine), max_snippets))).astype(int))
             pieces = [audio[max(0, int(round((mine[i] - audio_start) * rate))):][:length] for i in pick]
             out[row] = embed_audio(np.concatenate(pieces))
+            progress.advance()
     return _table(tracklets, out)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Write one embeddings Parquet for the report."""
-    parser = argparse.ArgumentParser(description="Embeddings Parquet of the pretrained face or voice embedder")
-    parser.add_argument("--modality", choices=("face", "voice"), required=True)
-    parser.add_argument("--task", choices=("seen", "seen_heard"), default="seen_heard")
-    parser.add_argument("--split", default="val")
-    parser.add_argument("--crops-dir", type=Path, default=Path("data/crops"))
-    parser.add_argument("--mels-dir", type=Path, default=Path("data/mels"))
-    parser.add_argument("--decoded-dir", type=Path, default=Path("data/decoded"))
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    started = time.perf_counter()
-    if args.modality == "face":
-        table = face_embeddings(args.crops_dir, args.mels_dir, args.split, args.task)
-    else:
-        table = voice_embeddings(args.crops_dir, args.mels_dir, args.decoded_dir, args.split, args.task)
-    write_parquet(args.out, table)
-    print(f"{args.out}: {table.num_rows} tracklets in {time.perf_counter() - started:.1f} s")
-
-
-if __name__ == "__main__":
-    main()
