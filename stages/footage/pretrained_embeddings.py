@@ -1,6 +1,5 @@
 """The pretrained embedders as benchmark methods: an embeddings Parquet (schema EMBEDDINGS) of a split's
-tracklets, scored like any method (the report's "Pretrained face" and
-"Pretrained voice" rows).
+tracklets, scored like any method (the report's "Pretrained face" and "Pretrained voice" rows).
 
 Face: dlib's ResNet descriptor on the crops themselves (the embedded data's cartoon faces are too small
 for the detector; each crop, already a face box with a margin, is resized to dlib's 150 px chip), the mean
