@@ -1,6 +1,6 @@
 """Stage 'train': triplet training of one (modality, sampling, task) run, with per-epoch validation mAP.
 
-Outputs (rank 0 only): models/<run>/last.pt every epoch (resume) and model.pt at the end, and the
+Outputs (rank 0 only): models/<run>/last.pt every epoch (resume), replaced by model.pt at the end, and the
 per-epoch history TSV (epoch, loss, val_mAP, seconds) for dvc plots; `run` returns the metrics.
 A batch is a pure function of (seed, epoch, step), so `resume` replays an interrupted epoch exactly.
 """
@@ -429,6 +429,8 @@ def run(settings: TrainParams, spec: Run, crops_dir: str | Path, mels_dir: str |
     }
     if world.leader:
         _save(run_dir / "model.pt", checkpoint_payload(trainer.model))
+        # last.pt (weights + Adam moments: 3x model.pt) only serves an unfinished run; DVC would cache it too
+        (run_dir / "last.pt").unlink(missing_ok=True)
     if world.size > 1:
         dist.barrier()
         dist.destroy_process_group()

@@ -125,6 +125,8 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_result(data: dict[
     with pytest.raises(_Interrupt):
         _run(data, settings, spec, tmp_path / "b", progress=_StopAfter(3))  # dies in epoch 2, after last.pt of epoch 1
     assert not (tmp_path / "b" / "models" / spec.name / "model.pt").exists()
+    with pytest.raises(TrainingError, match="other settings"):
+        _run(data, _settings(epochs=2, steps=4), spec, tmp_path / "b", resume=True)
     resumed = _run(data, settings, spec, tmp_path / "b", resume=True)
     assert resumed["resumed_at_epoch"] == 1
     assert (resumed["loss"], resumed["val_mAP"]) == (whole["loss"], whole["val_mAP"])
@@ -134,8 +136,7 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_result(data: dict[
     a = torch.load(tmp_path / "a" / "models" / spec.name / "model.pt")["state_dict"]
     b = torch.load(tmp_path / "b" / "models" / spec.name / "model.pt")["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
-    with pytest.raises(TrainingError, match="other settings"):
-        _run(data, _settings(epochs=2, steps=4), spec, tmp_path / "b", resume=True)
+    assert sorted(p.name for p in (tmp_path / "b" / "models" / spec.name).iterdir()) == ["model.pt"]  # no last.pt
 
 
 def test_voice_and_crossmodal_need_seen_heard(tmp_path: Path) -> None:

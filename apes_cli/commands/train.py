@@ -17,7 +17,8 @@ NAME = "train"
 HELP = (
     "Train one embedding network with the triplet loss (paper 4.1) and log loss and val mAP per epoch.\n\n"
     "  apes-cli train --modality face --sampling within --task seen_heard\n\n"
-    "Outputs <out>/<run>/{last.pt,model.pt}, the metrics JSON (default metrics/train_<run>.json) and the "
+    "Outputs <out>/<run>/last.pt after every epoch (for --resume), replaced by model.pt when the run ends, the "
+    "metrics JSON (default metrics/train_<run>.json) and the "
     "per-epoch TSV beside it, where run is <modality>_<sampling>_<task> (plus _seed<N> when --seed is given). "
     "voice and crossmodal need --task seen_heard.\n\n"
     "Several processes: torchrun --nproc_per_node 2 $(which apes-cli) train ... (DDP; rank 0 writes). docs/training.md"
@@ -48,7 +49,8 @@ def command(
     seed: Annotated[int | None, typer.Option(
         min=0, help="Seed (default: params seed); when given, the run name gets _seed<N>.")] = None,
     resume: Annotated[bool, typer.Option(
-        "--resume", help="Continue from <out>/<run>/last.pt (same settings) to the same result.")] = False,
+        "--resume", help="Continue an unfinished run from <out>/<run>/last.pt (same settings) to the same "
+                         "result; with no last.pt the run starts over.")] = False,
     device: Annotated[Device, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = Device.auto,
     out: Annotated[Path, typer.Option(help="Models folder: <out>/<run>/.")] = Path("models"),
     metrics: Annotated[Path | None, typer.Option(
