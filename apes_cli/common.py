@@ -75,6 +75,12 @@ class Bar:
             self._bar.close()
             self._bar = None
 
+    def __enter__(self) -> Bar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def read_params(path: Path) -> Params:
     """Load params.yaml, turning a problem into a clear error."""
@@ -90,11 +96,8 @@ def overridden(section: S, key: str, **options: Any) -> S:
 
 def run_stage(run: Callable[..., dict[str, Any]], *inputs: Any, metrics: Path, bar: Bar | None = None) -> None:
     """Run a stage function under a progress bar, then report its metrics: every stage command's ending."""
-    bar = bar if bar is not None else Bar()
-    try:
-        result = run(*inputs, bar)
-    finally:
-        bar.close()
+    with (bar if bar is not None else Bar()) as progress:
+        result = run(*inputs, progress)
     report_metrics(result, metrics)
 
 

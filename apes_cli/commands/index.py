@@ -58,11 +58,8 @@ def command(
     from stages.footage.indexing import index_videos  # imported here so `apes-cli --help` starts fast
     from stages.media.video_jobs import resolve_workers
     settings = settings_from(face_rate, detect_height, upsample, chips_per_track, model)
-    bar = Bar()
-    try:
+    with Bar() as bar:
         entries, summary = index_videos(videos, settings, index_dir, bar, resolve_workers(workers))
-    finally:
-        bar.close()
     for entry in entries:
         state = "indexed" if entry.built else "already indexed"
         typer.echo(f"{entry.video}: {state}: {entry.meta['tracks']} face tracks, "

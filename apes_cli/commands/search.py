@@ -65,14 +65,11 @@ def command(
     from stages.media.video_jobs import resolve_workers
     settings = settings_from(face_rate, detect_height, upsample, chips_per_track, model)
     notes: list[str] = []
-    bar = Bar()
-    try:
+    with Bar() as bar:
         results = search(videos, out, settings, index_dir, face=face, voice=voice, face_index=face_index, top=top,
                          face_threshold=face_threshold if face_threshold is not None else threshold,
                          voice_threshold=voice_threshold if voice_threshold is not None else threshold,
                          workers=resolve_workers(workers), progress=bar, notes=notes)
-    finally:
-        bar.close()
     for note in notes:
         typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
     typer.echo(_table(results))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import os
@@ -70,13 +71,9 @@ def command(
     spec = Run(modality.value, sampling.value, task.value, loaded.seed if seed is None else seed, seed is not None)
     metrics = metrics or Path("metrics") / f"train_{spec.name}.json"
     leader = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
-    bar = Bar() if leader else None
-    try:
+    with (Bar() if leader else contextlib.nullcontext()) as bar:
         result = stage.run(settings, spec, crops_dir, mels_dir, triplets_dir, out, metrics.with_suffix(".tsv"),
                            eval_batch_size=loaded.evaluate.batch_size, device=device.value, resume=resume,
                            progress=bar)
-    finally:
-        if bar is not None:
-            bar.close()
     if leader:
         report_metrics(result, metrics)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from apes_cli.common import Bar, ParamsOption, friendly_errors, read_params, report_metrics
+from apes_cli.common import ParamsOption, friendly_errors, read_params, run_stage
 
 NAME = "triplets"
 HELP = (
@@ -29,9 +29,4 @@ def command(
     """Write the tracklet tables and Table 2."""
     from stages import triplets as stage  # imported here so `apes-cli --help` starts without torch
     settings = read_params(params).triplets
-    bar = Bar()
-    try:
-        result = stage.run(settings, crops_dir, mels_dir, out, progress=bar)
-    finally:
-        bar.close()
-    report_metrics(result, metrics)
+    run_stage(stage.run, settings, crops_dir, mels_dir, out, metrics=metrics)
