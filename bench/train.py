@@ -2,8 +2,9 @@
 
 CPU (always):
 1. Face train steps fed by the device feed (stages.learning.feed, on the CPU) against the same steps fed by the
-   input path it replaced (BatchDataset + DataLoader of commit ef4714e, kept below as `LegacyBatches`): the CPU
-   path must be no slower (goal >= 1.0); and the batch making alone, feed against legacy.
+   input path it replaced (BatchDataset + DataLoader of commit ef4714e: `LegacyBatches`, a DataLoader over the
+   tests' bit-exact copy of it, tests/train_data.reference_batch): the CPU path must be no slower (goal >= 1.0);
+   and the batch making alone, feed against legacy.
 2. The same feed against one prepared in-memory batch (goal >= 0.9).
 3. CPU images/s of the training step at 124 px as `stages.train` runs it (channels_last, `precision: auto` = fp32
    on a CPU) against a plain fp32 NCHW loop.
@@ -27,14 +28,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import torch
-import torch.nn.functional as F
 from torchvision.models import resnet18
 
 from stages.core.atomic import write_parquet
 from stages.core.config import Params, TrainParams, load_params
 from stages.core.runs import Run
 from stages.core.schemas import CROPS
-from stages.learning.datasets import Store, crops_to_tensor, load_store
+from stages.learning.datasets import Store, load_store
 from stages.learning.feed import Feed
 from stages.learning.models import build_model
 from stages.learning.samplers import TripletSampler
@@ -48,6 +48,9 @@ from stages.learning.tracklets import (
 from stages.media.shards import with_metadata
 from stages.train import Schedule, Trainer, World, batch_loss
 from stages.train import run as train
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from train_data import reference_batch  # noqa: E402  (the legacy path is also the tests' bit-exact oracle)
 
 REPEATS, STEPS, BATCH = 3, 4, 48
 GPU_BATCH, GPU_STEPS = 384, 60
@@ -92,24 +95,7 @@ class LegacyBatches(torch.utils.data.Dataset):
         return 1 << 30
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
-        epoch, step = key
-        batch = self.sampler.batch(epoch, step)
-        rng = np.random.default_rng([self.seed, epoch, step, 0, 1])
-        crops = crops_to_tensor(self.store.crops[batch.items["crops"]])
-        n, _, size, _ = crops.shape
-        flip = torch.from_numpy(rng.random(n) < 0.5)
-        crops = torch.where(flip.view(-1, 1, 1, 1), crops.flip(3), crops)
-        side = round(size * 0.875)
-        corners = ((0, 0), (0, size - side), (size - side, 0), (size - side, size - side),
-                   ((size - side) // 2, (size - side) // 2))
-        choice = rng.integers(0, len(corners), n)
-        out = torch.empty((n, 3, side, side), dtype=crops.dtype)
-        for index, (top, left) in enumerate(corners):
-            rows = torch.from_numpy(np.flatnonzero(choice == index))
-            if len(rows):
-                out[rows] = crops[rows, :, top:top + side, left:left + side]
-        resized = F.interpolate(out, size=(size, size), mode="bilinear", align_corners=False)
-        return {"crops": resized.contiguous(memory_format=torch.channels_last)}
+        return reference_batch(self.store, self.sampler, self.seed, *key)
 
 
 def _timed(step: Callable[[], None], steps: int, images: int = BATCH) -> float:
