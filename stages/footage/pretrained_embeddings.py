@@ -22,18 +22,8 @@ import pyarrow.parquet as pq
 
 from stages.core.errors import DataError
 from stages.core.progress import Progress, Silent
-from stages.core.schemas import EMBEDDINGS
 from stages.footage.face_embedding import DlibFaceEmbedder
 from stages.media.shards import audio_path, metadata, plan_path, shard_path
-
-
-def _table(tracklets: pa.Table, embeddings: np.ndarray) -> pa.Table:
-    flat = pa.array(embeddings.astype(np.float32).reshape(-1), pa.float32())
-    offsets = pa.array(np.arange(0, embeddings.size + 1, embeddings.shape[1], dtype=np.int32))
-    return pa.table({"video_id": tracklets["video_id"], "entity_id": tracklets["entity_id"],
-                     "identity": tracklets["identity"], "embedding": pa.ListArray.from_arrays(offsets, flat)},
-                    schema=EMBEDDINGS)
-
 
 PRETRAINED_MODELS = {"face": "dlib_face_recognition_resnet_model_v1", "voice": "resemblyzer 0.1.4"}
 _worker_embedder = None  # one dlib network per worker process (dlib holds the GIL, so workers are processes)
@@ -56,6 +46,7 @@ def face_embeddings(crops_dir: str | Path, mels_dir: str | Path | None, split: s
                     max_crops: int = 4, workers: int = 1, progress: Progress | None = None) -> pa.Table:
     """dlib descriptors (mean per tracklet, 128-d) of the task's tracklets of a split, on `workers` processes."""
     from stages.learning.datasets import load_store
+    from stages.learning.embed import embeddings_table
     store = load_store(crops_dir, mels_dir, split, task, ("crops",), max_crops=max_crops)
     progress = progress or Silent()
     count = store.tracks.count("crops")
@@ -68,13 +59,14 @@ def face_embeddings(crops_dir: str | Path, mels_dir: str | Path | None, split: s
         for (lo, crops), descriptors in zip(blocks, pool.map(_describe, [crops for _, crops in blocks])):
             np.add.at(total, owner[lo:lo + len(crops)], descriptors)
             progress.advance(len(crops))
-    return _table(store.tracklets, (total / np.maximum(count, 1)[:, None]).astype(np.float32))
+    return embeddings_table(store.tracklets, (total / np.maximum(count, 1)[:, None]).astype(np.float32))
 
 
 def voice_embeddings(crops_dir: str | Path, mels_dir: str | Path, decoded_dir: str | Path, split: str,
                      task: str = "seen_heard", max_snippets: int = 16, progress: Progress | None = None) -> pa.Table:
     """Resemblyzer embeddings (256-d) of the speech of each tracklet (tracklets without speech: an error)."""
     from stages.footage.speech import SAMPLE_RATE, embed_audio
+    from stages.learning.embed import embeddings_table
     from stages.learning.tracklets import load_tracklets
     from stages.media.video_io import read_wav
     progress = progress or Silent()
@@ -106,4 +98,4 @@ def voice_embeddings(crops_dir: str | Path, mels_dir: str | Path, decoded_dir: s
             pieces = [audio[max(0, int(round((mine[i] - audio_start) * rate))):][:length] for i in pick]
             out[row] = embed_audio(np.concatenate(pieces))
             progress.advance()
-    return _table(tracklets, out)
+    return embeddings_table(tracklets, out)

@@ -74,14 +74,14 @@ def embed_store(model: Embedder, store: Store, device: torch.device | str = "cpu
     return model.finish(embedding).numpy()
 
 
-def embeddings_table(store: Store, embeddings: np.ndarray) -> pa.Table:
-    """The EMBEDDINGS table of a store's tracklets."""
+def embeddings_table(tracklets: pa.Table, embeddings: np.ndarray) -> pa.Table:
+    """The EMBEDDINGS table of tracklets (rows in the order of `embeddings`)."""
     flat = pa.array(embeddings.astype(np.float32).reshape(-1), pa.float32())
     offsets = pa.array(np.arange(0, embeddings.size + 1, embeddings.shape[1], dtype=np.int32))
     return pa.table({
-        "video_id": store.tracklets["video_id"],
-        "entity_id": store.tracklets["entity_id"],
-        "identity": store.tracklets["identity"],
+        "video_id": tracklets["video_id"],
+        "entity_id": tracklets["entity_id"],
+        "identity": tracklets["identity"],
         "embedding": pa.ListArray.from_arrays(offsets, flat),
     }, schema=EMBEDDINGS)
 
@@ -105,6 +105,6 @@ def embed_tracklets(model: Embedder, modality: str, crops_dir: str | Path, mels_
         rows = np.flatnonzero(video_ids == video)
         store = load_store(crops_dir, mels_dir, split, task, STREAMS[modality], max_crops=settings.crops_per_track,
                            max_snippets=settings.snippets_per_track, tracklets=tracklets.take(pa.array(rows)))
-        tables.append(embeddings_table(store, embed_store(model, store, device, settings.batch_size, bf16)))
+        tables.append(embeddings_table(store.tracklets, embed_store(model, store, device, settings.batch_size, bf16)))
         order.append(rows)
     return pa.concat_tables(tables).take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
