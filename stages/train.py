@@ -217,8 +217,10 @@ def _write_history(path: Path, history: list[dict[str, float]]) -> None:
 
 
 def _save(path: Path, payload: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    # through a file object: given a path, torch.save names the archive's folder after the (random) temp
+    # name, and the same weights would give other bytes, and another DVC hash, on every run
+    with atomic_path(path) as tmp, tmp.open("wb") as file:
+        torch.save(payload, file)
 
 
 class Trainer:

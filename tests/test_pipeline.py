@@ -100,9 +100,12 @@ def test_forced_rerun_with_the_same_seed_gives_identical_metrics(project: Path) 
              project / "metrics" / "eval" / "eval_face_within_seen_seed0.json",
              project / "metrics" / "crop.json"]
     before = [_results(path) for path in files]
+    model = project / "models" / "face_within_seen_seed0" / "model.pt"
+    weights = model.read_bytes()
     _run(["dvc", "repro", "--force", "--single-item", "crop", "train_seen@within-0", "evaluate_seen@within-0"],
          project)
     assert [_results(path) for path in files] == before
+    assert model.read_bytes() == weights  # the same bytes, so DVC sees the same model
     # identical crop shards leave triplets (which hashes them) up to date; only timings changed elsewhere
     assert "up to date" in _run(["dvc", "status", "triplets"], project)
 
