@@ -2,7 +2,7 @@
 
 Four sources of embeddings, one metric code (stages.evaluation.ranking):
 - a trained checkpoint, or the same network with seeded random weights (`untrained`);
-- a pretrained off-the-shelf embedder: dlib's face descriptor or Resemblyzer's voice (`pretrained`);
+- a pretrained off-the-shelf embedder: dlib's face descriptor or the default speaker embedder, CAM++ (`pretrained`);
 - anyone's embeddings Parquet (video_id, entity_id, identity, embedding; docs/evaluation.md);
 - none: the exact expected metrics of a uniformly random ranking of the val tracklets.
 One function per source (`run`, `run_pretrained`, `run_embeddings_file`, `run_random`); each returns the
@@ -162,7 +162,7 @@ def run_random(crops_dir: str | Path, mels_dir: str | Path, task: str) -> dict:
 def run_pretrained(settings: PretrainedBaselineParams, modality: str, task: str, crops_dir: str | Path,
                    mels_dir: str | Path, decoded_dir: str | Path, out_dir: str | Path, workers: int = 0,
                    progress: Progress | None = None) -> dict:
-    """The Pretrained rows: embed the task's val tracklets with dlib (face) or Resemblyzer (voice), write
+    """The Pretrained rows: embed the task's val tracklets with dlib (face) or CAM++ (voice), write
     <out_dir>/pretrained_<modality>_<task>.parquet and rank them like any method; returns the metrics.
     `modality` is a key of PRETRAINED_MODELS; voice needs the seen_heard task; face runs dlib on `workers`
     processes (0: one per core)."""

@@ -148,16 +148,18 @@ def build_entry(video: str | Path, settings: IndexSettings, index_dir: str | Pat
     from stages.footage.face_embedding import face_embedder
     from stages.footage.frames import FrameSource, sample_step
     from stages.footage.speech import analyze_audio
+    from stages.footage.voice_embedders import voice_embedder
 
     started = time.perf_counter()
     embedder = face_embedder(settings.model)
+    voice = voice_embedder(settings.voice_embedder)
     source = FrameSource(info, sample_step(info.fps, settings.face_rate), settings.detect_height)
     audio: dict[str, Any] = {}
 
     def audio_job() -> None:
         begun, begun_cpu = time.perf_counter(), time.thread_time()
         try:
-            audio["value"] = analyze_audio(info, source.cuts_known)
+            audio["value"] = analyze_audio(info, source.cuts_known, embed=voice.embed_segment)
         except BaseException as error:  # noqa: BLE001 - handed to the main thread
             audio["error"] = error
         audio["seconds"] = time.perf_counter() - begun
@@ -212,7 +214,8 @@ def build_entry(video: str | Path, settings: IndexSettings, index_dir: str | Pat
         "video": str(video.resolve()), "sha256": digest, "fps": info.fps, "width": info.width,
         "height": info.height, "duration": round(duration, 3), "has_audio": info.has_audio,
         "cuts": [round(c, 3) for c in cuts], "settings": dataclasses.asdict(settings),
-        "settings_key": settings.key(), "models": {**model_versions(), "face_embedder": embedder.name},
+        "settings_key": settings.key(), "models": {**model_versions(), "face_embedder": embedder.name,
+                                                                   "voice_embedder": voice.name},
         "face_dim": int(embedder.dim), "tracks": len(tracks), "speech_segments": len(segments),
         "speech_seconds": round(speech_seconds, 2),
         "timings": {"faces_seconds": round(faces_seconds, 2), "audio_seconds": round(audio_seconds, 2),

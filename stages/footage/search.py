@@ -21,34 +21,44 @@ import numpy as np
 from stages.core.atomic import atomic_path
 from stages.core.errors import ConfigError
 from stages.core.progress import Progress
+from stages.footage.decision import Decision, score_face, score_voice, voice_rule, voice_score_threshold
+from stages.footage.face_embedding import DlibFaceEmbedder
 from stages.footage.index_store import VideoIndex, read_entry
-from stages.footage.settings import VOICE_THRESHOLD, IndexSettings
+from stages.footage.settings import IndexSettings
 from stages.footage.indexing import index_videos
 
 
 def _face_hits(index: VideoIndex, video: str, query: np.ndarray, embedder, threshold: float) -> list[dict]:
     if index.faces.num_rows == 0:
         return []
-    scores = embedder.scores(query, index.face_matrix())
+    if isinstance(embedder, DlibFaceEmbedder):
+        decision = score_face(query, index.face_matrix(), threshold)
+    else:
+        raw = embedder.scores(query, index.face_matrix())
+        decision = Decision(raw, raw, np.full(raw.shape, threshold), raw >= threshold, "cosine")
     faces = index.faces
     hits = []
-    for row, score in enumerate(scores):
+    for row, (score, raw, match) in enumerate(zip(decision.score, decision.raw, decision.match)):
         hits.append({"video": video, "start": faces["start"][row].as_py(), "end": faces["end"][row].as_py(),
-                     "score": round(float(score), 4), "match": bool(score >= threshold), "modality": "face",
+                     "score": round(float(score), 4), "raw": round(float(raw), 4), "match": bool(match),
+                     "modality": "face",
                      "track": f"face-{faces['track'][row].as_py()}", "_thumbs": [faces["thumbnail"][row].as_py()]})
     return hits
 
 
-def _voice_hits(index: VideoIndex, video: str, query: np.ndarray, threshold: float) -> list[dict]:
+def _voice_hits(index: VideoIndex, video: str, query: np.ndarray, embedder: str,
+                fixed: float | None) -> list[dict]:
     if index.speech.num_rows == 0:
         return []
-    scores = index.voice_matrix() @ query
     speech, thumbs = index.speech, dict(zip(index.faces["track"].to_pylist(), index.faces["thumbnail"].to_pylist()))
+    seconds = np.asarray(speech["end"].to_pylist()) - np.asarray(speech["start"].to_pylist())
+    decision = score_voice(query, index.voice_matrix(), seconds, embedder, fixed)
     hits = []
-    for row, score in enumerate(scores):
+    for row, (score, raw, match) in enumerate(zip(decision.score, decision.raw, decision.match)):
         visible = speech["visible_tracks"][row].as_py()
         hits.append({"video": video, "start": speech["start"][row].as_py(), "end": speech["end"][row].as_py(),
-                     "score": round(float(score), 4), "match": bool(score >= threshold), "modality": "voice",
+                     "score": round(float(score), 4), "raw": round(float(raw), 4), "match": bool(match),
+                     "modality": "voice",
                      "track": f"speech-{speech['segment'][row].as_py()}",
                      "faces": [f"face-{t}" for t in visible],
                      "speaker_face": (f"face-{speech['speaker_track'][row].as_py()}"
@@ -106,11 +116,14 @@ def search(videos: list[str | Path], out_dir: str | Path, settings: IndexSetting
                          "score": "1 - Euclidean distance of dlib descriptors" if not settings.model
                          else "cosine similarity"}
     if voice is not None:
-        voice_embedding, speech_seconds = embed_clip(voice)
-        voice_threshold = VOICE_THRESHOLD if voice_threshold is None else voice_threshold
+        from stages.footage.voice_embedders import voice_embedder
+        voice_model = voice_embedder(settings.voice_embedder)
+        voice_embedding, speech_seconds = embed_clip(voice, voice_model.embed_query)
         query["voice"] = {"clip": str(voice), "speech_seconds": round(speech_seconds, 2),
-                          "embedder": "resemblyzer", "threshold": voice_threshold,
-                          "score": "cosine similarity of Resemblyzer embeddings"}
+                          "embedder": voice_model.name,
+                          "threshold": voice_score_threshold(voice_model.name, voice_threshold),
+                          "rule": voice_rule(voice_model.name, voice_threshold),
+                          "raw": f"cosine similarity of {voice_model.name} embeddings"}
     entries, index_summary = index_videos(list(videos), settings, index_dir, progress, workers)
     started = time.perf_counter()
     hits: list[dict] = []
@@ -119,7 +132,8 @@ def search(videos: list[str | Path], out_dir: str | Path, settings: IndexSetting
         index = read_entry(entry.path)
         name = str(entry.video)
         face_hits = _face_hits(index, name, face_query.embedding, embedder, face_threshold) if face_query else []
-        voice_hits = _voice_hits(index, name, voice_embedding, voice_threshold) if voice is not None else []
+        voice_hits = (_voice_hits(index, name, voice_embedding, settings.voice_embedder, voice_threshold)
+                      if voice is not None else [])
         hits += face_hits + voice_hits + (_both_hits(face_hits, voice_hits) if face_query and voice_hits else [])
         meta = entry.meta
         video_rows.append({"path": name, "sha256": entry.digest, "index": str(entry.path),

