@@ -11,7 +11,7 @@ overlap of the matched segments with the person's turns, precision and recall pe
 - check: the five read-speech speakers (query: the first half of each clip, the second half played),
   among strangers (other stretches of the choose voices). Never used to choose anything.
 
-Run: .venv/bin/python -m bench.voice_decision [--cache /tmp/voice_decision.npz]
+Run: .venv/bin/python -m bench.voice_decision [--cache /tmp/voice_decision.npz] [--timing]
 """
 
 from __future__ import annotations
@@ -170,26 +170,61 @@ def eer(scores: np.ndarray, truth: np.ndarray) -> float:
     return best
 
 
+def asnorm(query: np.ndarray, segments: np.ndarray, k: int = 10) -> np.ndarray:
+    """AS-norm scores with the soundtrack's own segments as the cohort (measured, not used: docs/search.md)."""
+    def top(scores: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+        best = -np.sort(-scores, axis=-1)[..., :count]
+        return best.mean(axis=-1), np.maximum(best.std(axis=-1), 1e-3)
+    raw = segments @ query
+    q_mean, q_std = top(segments @ query, min(k, len(segments)))
+    pairs = segments @ segments.T
+    np.fill_diagonal(pairs, -np.inf)
+    s_mean, s_std = top(pairs, min(k, len(segments) - 1))
+    return 0.5 * ((raw - q_mean) / q_std + (raw - s_mean) / s_std)
+
+
+def timing(data: dict) -> None:
+    """CPU seconds per second of speech of each embedder's index and query sides, in the same run."""
+    import time
+    audio = np.concatenate([_clip(name) for name in READ])
+    pieces = [audio[i:i + 3 * RATE] for i in range(0, audio.size - 3 * RATE, 3 * RATE)]
+    seconds = sum(p.size for p in pieces) / RATE
+    for name, embedder in EMBEDDERS.items():
+        embedder.embed_segment(pieces[0]), embedder.embed_query(pieces[0])  # load the weights first
+        for side in ("embed_segment", "embed_query"):
+            started = time.thread_time()
+            for piece in pieces:
+                getattr(embedder, side)(piece)
+            print(f"  {name} {side}: {(time.thread_time() - started) / seconds * 1000:.1f} ms CPU per s of speech "
+                  f"({len(pieces)} pieces of 3 s)")
+
+
 def main() -> None:
-    """Print EER and the precision/recall sweeps of each rule, on both parts."""
-    from stages.footage.voice_decision import voice_scores
+    """EER and precision/recall at each embedder's default decision, on both parts; the rules compared."""
+    from stages.footage.decision import score_voice
     parser = argparse.ArgumentParser()
     parser.add_argument("--cache", type=Path, default=Path("/tmp/voice_decision.npz"))
+    parser.add_argument("--timing", action="store_true", help="also time both embedders (CPU per s of speech)")
     args = parser.parse_args()
     data = build(args.cache)
+    print("| part | embedder | rule | EER | precision | recall |\n|---|---|---|---:|---:|---:|")
     for part, entry in data.items():
         truth = labels(entry)
+        seconds = np.array([b - a for a, b in entry["segments"]])
+        ceiling = quality(entry, np.ones(truth.shape, bool))[1]
         for name in EMBEDDERS:
-            seg, queries = entry[f"{name}/segments"], entry[f"{name}/queries"]
-            raw = queries @ seg.T
-            print(f"\n[{part}] {name}: EER raw {eer(raw, truth):.3f}; same voice {raw[truth].min():.2f}-"
-                  f"{raw[truth].max():.2f}, other voices {raw[~truth].min():.2f}-{raw[~truth].max():.2f}")
-            for rule in ("raw", "asnorm"):
-                scored = np.stack([voice_scores(q, seg, name, rule=rule).score for q in queries])
-                print(f"  {rule}: EER {eer(scored, truth):.3f}")
-                grid = np.round(np.linspace(np.percentile(scored, 50), scored.max(), 16), 3)
-                row = [f"{t}: {quality(entry, scored >= t)[0]:.2f}/{quality(entry, scored >= t)[1]:.2f}" for t in grid]
-                print("   ", "  ".join(row))
+            segments, queries = entry[f"{name}/segments"], entry[f"{name}/queries"]
+            decided = [score_voice(q, segments, seconds, name) for q in queries]
+            raw = np.stack([d.raw for d in decided])
+            p, r = quality(entry, np.stack([d.match for d in decided]))
+            print(f"| {part} | {name} | default | {eer(raw, truth):.3f} | {p:.3f} | {r:.3f} |")
+            normed = np.stack([asnorm(q, segments) for q in queries])
+            best = max((quality(entry, normed >= t) for t in np.unique(normed)), key=lambda pr: min(pr[0], pr[1]))
+            print(f"| {part} | {name} | AS-norm (best threshold in hindsight) | {eer(normed, truth):.3f} | "
+                  f"{best[0]:.3f} | {best[1]:.3f} |")
+        print(f"| {part} | (every segment matched: recall ceiling of the segmentation) | | | | {ceiling:.3f} |")
+    if args.timing:
+        timing(data)
 
 
 if __name__ == "__main__":

