@@ -199,12 +199,41 @@ def timing(data: dict) -> None:
                   f"({len(pieces)} pieces of 3 s)")
 
 
+def index_speed(seconds: float = 60.0) -> None:
+    """Index one 1280x720 video of real speech with each embedder (Resemblyzer = the baseline), same run."""
+    import tempfile
+    import time
+
+    from search_media import Shot, compose
+
+    from stages.footage.indexing import index_videos
+    from stages.footage.settings import IndexSettings
+    audio = np.concatenate([_clip(name) for name in T_FILES[:2]])
+    shots, t = [], 0.0
+    while t < seconds:
+        length = 4.0 + (len(shots) % 3)
+        voice = audio[int(t * RATE):int((t + length) * RATE)] if len(shots) % 4 != 3 else None
+        shots.append(Shot(length, [(len(shots) % 5, 0.5, 0.4)], voice, "T" if voice is not None else None))
+        t += length
+    with tempfile.TemporaryDirectory() as folder:
+        video = Path(folder) / "talk.mp4"
+        compose(video, shots, width=1280, height=720, grain=8, grain_frames=8)
+        for name in ("resemblyzer", "campplus"):
+            started = time.perf_counter()
+            entries, _ = index_videos([video], IndexSettings(voice_embedder=name), Path(folder) / name)
+            wall = time.perf_counter() - started
+            timings = entries[0].meta["timings"]
+            print(f"  index {name}: {wall:.1f} s wall for {t:.0f} s of video ({t / wall:.2f}x real time), audio "
+                  f"thread {timings['audio_thread_cpu']:.1f} s CPU, faces thread {timings['faces_thread_cpu']:.1f} s")
+
+
 def main() -> None:
     """EER and precision/recall at each embedder's default decision, on both parts; the rules compared."""
     from stages.footage.decision import score_voice
     parser = argparse.ArgumentParser()
     parser.add_argument("--cache", type=Path, default=Path("/tmp/voice_decision.npz"))
     parser.add_argument("--timing", action="store_true", help="also time both embedders (CPU per s of speech)")
+    parser.add_argument("--index-speed", action="store_true", help="also index a 60 s 720p video with each")
     args = parser.parse_args()
     data = build(args.cache)
     print("| part | embedder | rule | EER | precision | recall |\n|---|---|---|---:|---:|---:|")
@@ -225,6 +254,8 @@ def main() -> None:
         print(f"| {part} | (every segment matched: recall ceiling of the segmentation) | | | | {ceiling:.3f} |")
     if args.timing:
         timing(data)
+    if args.index_speed:
+        index_speed()
 
 
 if __name__ == "__main__":
