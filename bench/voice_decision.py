@@ -9,9 +9,12 @@ overlap of the matched segments with the person's turns, precision and recall pe
   interview speakers (query: the first 3 s of their reference stretch; the rest is played) and the two
   speakers of sample.wav (query: one RTTM turn; other turns played): 6 people, different microphones.
 - check: the five read-speech speakers (query: the first half of each clip, the second half played),
-  among strangers (other stretches of the choose voices). Never used to choose anything.
+  among strangers (other stretches of the choose voices). Never used to choose anything. `--check-video`
+  also runs it end to end: the turns as shots of a 1280x720 video (a face on screen in most), `search`.
 
-Run: .venv/bin/python -m bench.voice_decision [--cache /tmp/voice_decision.npz] [--timing]
+`--timing` and `--index-speed` time CAM++ against Resemblyzer (the baseline) in the same run.
+Run: .venv/bin/python -m bench.voice_decision [--cache /tmp/voice_decision.npz] [--timing] [--index-speed]
+     [--check-video]
 """
 
 from __future__ import annotations
@@ -227,6 +230,37 @@ def index_speed(seconds: float = 60.0) -> None:
                   f"thread {timings['audio_thread_cpu']:.1f} s CPU, faces thread {timings['faces_thread_cpu']:.1f} s")
 
 
+def check_video() -> None:
+    """The check part end to end: its turns as shots of a 1280x720 video, indexed and searched by `search`."""
+    import tempfile
+
+    from search_media import Shot, compose, write_wav
+
+    from stages.footage.search import search
+    from stages.footage.settings import IndexSettings
+    queries, turns = material()["check"]
+    rng = np.random.default_rng(3)
+    shots = []
+    for k in rng.permutation(len(turns)):
+        speaker, audio = turns[k]
+        faces = [(int(rng.integers(0, 6)), 0.5, 0.4)] if rng.random() < 0.7 else []
+        shots.append(Shot(audio.size / RATE + 0.4, faces, np.concatenate([np.zeros(int(0.2 * RATE), np.float32), audio]),
+                          speaker))
+    precisions, recalls = [], []
+    with tempfile.TemporaryDirectory() as folder:
+        video = Path(folder) / "check.mp4"
+        truth = compose(video, shots, width=1280, height=720)
+        for person, clip in queries.items():
+            wav = write_wav(Path(folder) / f"{person}.wav", clip)
+            results = search([video], Path(folder) / person, IndexSettings(), Path(folder) / "index", voice=wav)
+            found = merged([(h["start"], h["end"]) for h in results["hits"] if h["match"]])
+            p, r = precision_recall(found, merged(truth.speaking[person]))
+            precisions.append(p)
+            recalls.append(r)
+            print(f"  {person}: precision {p:.3f} recall {r:.3f}")
+    print(f"  check video, mean over people: precision {np.mean(precisions):.3f}, recall {np.mean(recalls):.3f}")
+
+
 def main() -> None:
     """EER and precision/recall at each embedder's default decision, on both parts; the rules compared."""
     from stages.footage.decision import score_voice
@@ -234,6 +268,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path("/tmp/voice_decision.npz"))
     parser.add_argument("--timing", action="store_true", help="also time both embedders (CPU per s of speech)")
     parser.add_argument("--index-speed", action="store_true", help="also index a 60 s 720p video with each")
+    parser.add_argument("--check-video", action="store_true", help="also run the check part through `search`")
     args = parser.parse_args()
     data = build(args.cache)
     print("| part | embedder | rule | EER | precision | recall |\n|---|---|---|---:|---:|---:|")
@@ -256,6 +291,8 @@ def main() -> None:
         timing(data)
     if args.index_speed:
         index_speed()
+    if args.check_video:
+        check_video()
 
 
 if __name__ == "__main__":
