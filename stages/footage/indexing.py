@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from stages.core.atomic import check_writable
 from stages.core.errors import ApesError, DataError
 from stages.core.progress import Progress, Silent
 from stages.footage.index_store import FACES, SPEECH, entry_dir, list_column, read_entry, write_entry
@@ -27,6 +28,8 @@ from stages.footage.settings import IndexSettings, file_digest, model_versions
 from stages.media.video_io import VideoInfo, probe
 
 THUMB = 96
+INDEX_BASE_BYTES, INDEX_BYTES_PER_MINUTE = 1_000_000, 500_000  # free space asked for before indexing
+TRUNCATED_SECONDS = 0.5  # decoded this much less than the container says: the file is cut short
 
 
 @dataclasses.dataclass
@@ -38,6 +41,17 @@ class Entry:
     path: Path
     built: bool
     meta: dict[str, Any]
+
+    @property
+    def warning(self) -> str | None:
+        """One line naming the video and what of it was damaged; None for a whole video."""
+        damage = self.meta.get("damage")
+        return f"{self.video}: {damage['message']}" if damage else None
+
+
+def index_bytes(seconds: float) -> int:
+    """A generous size of the index of `seconds` of video (about 35 KB for 14 s with one face track)."""
+    return int(INDEX_BASE_BYTES + INDEX_BYTES_PER_MINUTE * seconds / 60)
 
 
 def check_video(path: str | Path) -> VideoInfo:
@@ -51,6 +65,40 @@ def check_video(path: str | Path) -> VideoInfo:
     return info
 
 
+def _spans(times: list[float], reach: float) -> list[list[float]]:
+    """Times widened by `reach` either side and merged into [start, end] spans."""
+    spans: list[list[float]] = []
+    for moment in sorted(times):
+        lo, hi = max(0.0, moment - reach), moment + reach
+        if spans and lo <= spans[-1][1]:
+            spans[-1][1] = hi
+        else:
+            spans.append([lo, hi])
+    return [[round(lo, 1), round(hi, 1)] for lo, hi in spans]
+
+
+def damage_report(info: VideoInfo, timeline, soundtrack, decoded_end: float) -> dict[str, Any] | None:
+    """What decoding lost (errors, gaps, a missing end) with the seconds affected; None for a whole file."""
+    gaps = [[round(a, 1), round(b, 1)] for a, b in timeline.gaps()]
+    short = info.duration is not None and decoded_end < info.duration - TRUNCATED_SECONDS
+    errors = timeline.errors + soundtrack.errors
+    if not (errors or gaps or short):
+        return None
+    parts = []
+    if errors:
+        spans = _spans(timeline.error_times + soundtrack.error_times, 0.5)
+        parts.append(f"{errors} decoding error(s) near " + ", ".join(f"{a:.1f}-{b:.1f} s" for a, b in spans))
+    if gaps:
+        parts.append("no video frames " + ", ".join(f"{a:.1f}-{b:.1f} s" for a, b in gaps))
+    if short:
+        parts.append(f"only {decoded_end:.1f} s of {info.duration:.1f} s could be decoded (truncated?)")
+    return {"decode_errors": errors, "video_errors": timeline.errors, "audio_errors": soundtrack.errors,
+            "error_seconds": _spans(timeline.error_times + soundtrack.error_times, 0.5) if errors else [],
+            "gaps": gaps, "decoded_seconds": round(decoded_end, 2), "container_seconds": info.duration,
+            "truncated": short, "message": "damaged: " + "; ".join(parts) + "; the index holds only what "
+            "decoded"}
+
+
 def _jpeg(rgb: np.ndarray) -> bytes:
     import cv2
     ok, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
@@ -59,16 +107,15 @@ def _jpeg(rgb: np.ndarray) -> bytes:
 
 def _faces_pass(info: VideoInfo, source, settings: IndexSettings, embedder, tick
                 ) -> tuple[list, list[float], float, dict]:
-    """Decode, detect, track and embed; returns finished tracks, cut times (s), duration, counters."""
+    """Decode, detect, track and embed; returns finished tracks, cut times (s), video end (s), counters."""
     from stages.footage.detection import detect_faces, square_crop
     from stages.footage.tracking import Detection, FinishedTrack, Tracker, merge_by_appearance
 
-    step = source.step
-    tracker = Tracker(step / info.fps, settings.max_gap)
+    tracker = Tracker(source.period, settings.max_gap)
     finished: list[FinishedTrack] = []
     pending: deque = deque()
-    handled_frame = 0
-    cut_frames_used: set[int] = set()
+    handled = -np.inf
+    cuts_used: set[float] = set()
     counters = {"samples": 0, "detections": 0, "embedded_chips": 0, "detect_seconds": 0.0, "embed_seconds": 0.0}
 
     def finish(tracks) -> None:
@@ -83,22 +130,24 @@ def _faces_pass(info: VideoInfo, source, settings: IndexSettings, embedder, tick
                 embedder.pool(chips), _jpeg(track.thumb), float(np.mean(track.scores))))
 
     def drain(final: bool) -> None:
-        nonlocal handled_frame
+        nonlocal handled
         while pending:
-            frame, moment, detections = pending[0]
-            cuts, reached = source.cuts_until(frame)
+            moment, detections = pending[0]
+            cuts, reached = source.cuts_until(moment)
             if not (reached or final):
                 return
             pending.popleft()
             for cut in cuts:
-                if handled_frame < cut <= frame and cut not in cut_frames_used:
-                    cut_frames_used.add(cut)
-                    finish(tracker.cut(cut / info.fps))
+                if handled < cut <= moment and cut not in cuts_used:
+                    cuts_used.add(cut)
+                    finish(tracker.cut(cut))
             finish(tracker.update(moment, detections))
-            handled_frame = frame
+            handled = moment
 
     last_tick = 0.0
-    for frame, moment, rgb in source:
+    for moment, rgb in source:
+        if not counters["samples"]:
+            tracker.shot_start = moment  # the first shot starts with the stream, which may be after 0
         started = time.perf_counter()
         height, width = rgb.shape[:2]
         scale = np.array([width, height, width, height], np.float32)
@@ -109,25 +158,23 @@ def _faces_pass(info: VideoInfo, source, settings: IndexSettings, embedder, tick
         counters["detect_seconds"] += time.perf_counter() - started
         counters["samples"] += 1
         counters["detections"] += len(detections)
-        pending.append((frame, moment, detections))
+        pending.append((moment, detections))
         drain(False)
         if moment - last_tick >= 1.0:
             tick(moment - last_tick)
             last_tick = moment
-    frames = source.frames_seen
-    duration = frames / info.fps if frames else (info.duration or 0.0)
-    cuts, _ = source.cuts_until(frames)
+    video_end = source.timeline.end() or (info.duration or 0.0)
     drain(True)
-    for cut in cuts:
-        if cut > handled_frame and cut not in cut_frames_used:
-            cut_frames_used.add(cut)
-            finish(tracker.cut(cut / info.fps))
-    finish(tracker.finish(duration))
-    tick(max(0.0, duration - last_tick))
+    for cut in source.all_cuts():
+        if cut > handled and cut not in cuts_used:
+            cuts_used.add(cut)
+            finish(tracker.cut(cut))
+    finish(tracker.finish(video_end))
+    tick(max(0.0, video_end - last_tick))
     merge_at = embedder.threshold + 0.1
     tracks = merge_by_appearance(finished, embedder.scores, embedder.pool, merge_at)
     tracks.sort(key=lambda t: (t.start, t.track_id))
-    return tracks, [c / info.fps for c in sorted(cut_frames_used)], duration, counters
+    return tracks, sorted(cuts_used), video_end, counters
 
 
 def build_entry(video: str | Path, settings: IndexSettings, index_dir: str | Path,
@@ -146,12 +193,12 @@ def build_entry(video: str | Path, settings: IndexSettings, index_dir: str | Pat
 
     from stages.footage.association import associate
     from stages.footage.face_embedding import face_embedder
-    from stages.footage.frames import FrameSource, sample_step
+    from stages.footage.frames import FrameSource, sample_period
     from stages.footage.speech import analyze_audio
 
     started = time.perf_counter()
     embedder = face_embedder(settings.model)
-    source = FrameSource(info, sample_step(info.fps, settings.face_rate), settings.detect_height)
+    source = FrameSource(info, sample_period(info.fps, settings.face_rate), settings.detect_height)
     audio: dict[str, Any] = {}
 
     def audio_job() -> None:
@@ -170,7 +217,7 @@ def build_entry(video: str | Path, settings: IndexSettings, index_dir: str | Pat
     worker = threading.Thread(target=audio_job, name="apes-audio", daemon=True)
     worker.start()
     try:
-        tracks, cuts, duration, counters = _faces_pass(info, source, settings, embedder, tick)
+        tracks, cuts, video_end, counters = _faces_pass(info, source, settings, embedder, tick)
     finally:
         source.finish()
         worker.join()
@@ -181,8 +228,11 @@ def build_entry(video: str | Path, settings: IndexSettings, index_dir: str | Pat
     ffmpeg_cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
     if "error" in audio:
         raise audio["error"]
-    segments, speech_seconds = audio["value"]
+    soundtrack = audio["value"]
+    segments = soundtrack.segments
     audio_seconds = audio["seconds"]
+    duration = max(video_end, soundtrack.decoded_seconds)
+    damage = damage_report(info, source.timeline, soundtrack, duration)
     links = associate([(s.start, s.end) for s in segments], [(t.track_id, t.start, t.end) for t in tracks])
     faces = pa.table({
         "video_sha256": pa.array([digest] * len(tracks), pa.string()),
@@ -210,11 +260,13 @@ def build_entry(video: str | Path, settings: IndexSettings, index_dir: str | Pat
     total = time.perf_counter() - started
     meta = {
         "video": str(video.resolve()), "sha256": digest, "fps": info.fps, "width": info.width,
-        "height": info.height, "duration": round(duration, 3), "has_audio": info.has_audio,
+        "height": info.height, "rotation": info.rotation, "duration": round(duration, 3),
+        "container_duration": info.duration, "video_start": round(source.timeline.times[0], 3),
+        "has_audio": info.has_audio, "complete": damage is None, "damage": damage,
         "cuts": [round(c, 3) for c in cuts], "settings": dataclasses.asdict(settings),
         "settings_key": settings.key(), "models": {**model_versions(), "face_embedder": embedder.name},
         "face_dim": int(embedder.dim), "tracks": len(tracks), "speech_segments": len(segments),
-        "speech_seconds": round(speech_seconds, 2),
+        "speech_seconds": round(soundtrack.speech_seconds, 2),
         "timings": {"faces_seconds": round(faces_seconds, 2), "audio_seconds": round(audio_seconds, 2),
                     "total_seconds": round(total, 2), "faces_thread_cpu": round(main_cpu, 2),
                     "audio_thread_cpu": round(audio.get("cpu", 0.0), 2), "ffmpeg_cpu": round(ffmpeg_cpu, 2),
@@ -241,6 +293,7 @@ def index_videos(videos: list[str | Path], settings: IndexSettings, index_dir: s
     settings = settings.resolved()
     infos = [check_video(video) for video in videos]  # every input checked before any work
     total = sum(info.duration or 0.0 for info in infos)
+    check_writable(index_dir, index_bytes(total))
     progress.start(max(1, int(round(total))), "indexing (video seconds)")
     started = time.perf_counter()
     entries: list[Entry | None] = [None] * len(videos)

@@ -1,8 +1,11 @@
 """ffmpeg helpers: probe a video, read 16 kHz mono audio of a window, stream chosen frames as YUV planes.
 
 ffmpeg is the imageio-ffmpeg binary, driven through ffmpeg-python. Frame `k` is the k-th frame of the
-video stream (time k / fps from the stream start); a constant frame rate is assumed (AVA and the
-synthetic videos are CFR). See docs/media.md.
+video stream in presentation order. Times are seconds of the file's timeline (ffmpeg's: the container's
+start is 0): a constant-rate stream that starts at 0 has frame k at k / fps; any other stream (a later
+start, a variable frame rate) is mapped through its packets' timestamps (`frame_times`). Sizes are as
+displayed: rotation metadata is applied by ffmpeg before any filter, so a portrait phone video is tall.
+See docs/media.md.
 """
 
 from __future__ import annotations
@@ -41,10 +44,11 @@ class VideoInfo:
 
     path: Path
     fps: float
-    width: int
+    width: int                # as displayed (after rotation metadata)
     height: int
     duration: float | None
     has_audio: bool
+    rotation: int = 0         # degrees of the display matrix, counter-clockwise (0, 90, 180, 270)
 
     @property
     def frame_count(self) -> int | None:
@@ -63,21 +67,45 @@ def _rate(text: str) -> float:
     return float(text[:-1]) * 1000 if text.endswith("k") else float(text)
 
 
+def ffmpeg_reason(log: str, fallback: str = "failed") -> str:
+    """The last message of an ffmpeg log, without its `[decoder @ 0x...]` and `[level]` prefixes."""
+    for line in reversed(log.strip().splitlines()):
+        text = re.sub(r"^(\s*\[[^\]]*\]\s*)+", "", line).strip()
+        if text and not text.startswith("Last message repeated"):
+            return text
+    return fallback
+
+
+def _rotation(block: str) -> int:
+    """Display-matrix rotation of a stream's block of `ffmpeg -i` text, as 0, 90, 180 or 270."""
+    found = re.search(r"rotation of (-?[\d.]+) degrees", block)
+    return int(round(float(found.group(1)) / 90.0)) % 4 * 90 if found else 0
+
+
 def probe(path: str | Path) -> VideoInfo:
-    """Parse `ffmpeg -i` (there is no ffprobe) for size, frame rate, duration and audio presence."""
+    """Parse `ffmpeg -i` (there is no ffprobe) for size, frame rate, duration, rotation and audio presence."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(path, "is a folder; expected a video file")
     if not path.is_file():
         raise DataError(path, "video file not found")
     result = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)],
                             capture_output=True, text=True, errors="replace")
     text = result.stderr
     if "Input #0" not in text:
-        last = text.strip().splitlines()[-1] if text.strip() else "no output"
-        raise DataError(path, f"unreadable video (ffmpeg: {last})")
-    video = [line for line in text.splitlines()
+        raise DataError(path, f"unreadable video (ffmpeg: {ffmpeg_reason(text, 'no output')}); "
+                              "expected a video file ffmpeg can read")
+    container = re.search(r"Input #0, ([^ ]+), from", text)
+    if container and (container.group(1).endswith("_pipe") or container.group(1) == "image2"):
+        raise DataError(path, f"is a still image ({container.group(1)}); expected a video file")
+    lines = text.splitlines()
+    video = [i for i, line in enumerate(lines)
              if re.search(r"Stream #\d+:\d+.*: Video: ", line) and "attached pic" not in line]
     if not video:
-        raise DataError(path, "no video stream")
+        raise DataError(path, "no video stream; expected a video file")
+    block_end = next((i for i in range(video[0] + 1, len(lines)) if "Stream #" in lines[i]), len(lines))
+    rotation = _rotation("\n".join(lines[video[0]:block_end]))
+    video = [lines[video[0]]]
     size = re.search(r", (\d{2,5})x(\d{2,5})[\s,\[]", video[0] + " ")
     rate = re.search(r"([\d.]+k?) fps", video[0]) or re.search(r"([\d.]+k?) tbr", video[0])
     if size is None or rate is None or _rate(rate.group(1)) <= 0:
@@ -87,13 +115,17 @@ def probe(path: str | Path) -> VideoInfo:
     if duration is not None:
         h, m, s = duration.groups()
         seconds = int(h) * 3600 + int(m) * 60 + float(s)
+    width, height = int(size.group(1)), int(size.group(2))
+    if rotation in (90, 270):
+        width, height = height, width
     return VideoInfo(
         path=path,
         fps=_exact_fps(_rate(rate.group(1))),
-        width=int(size.group(1)),
-        height=int(size.group(2)),
+        width=width,
+        height=height,
         duration=seconds,
         has_audio=re.search(r"Stream #\d+:\d+.*: Audio: ", text) is not None,
+        rotation=rotation,
     )
 
 
