@@ -57,8 +57,6 @@ def index_bytes(seconds: float) -> int:
 def check_video(path: str | Path) -> VideoInfo:
     """Probe a video, turning 'not a video' into a clear DataError."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "video file not found")
     info = probe(path)
     if info.duration is not None and info.duration <= 0:
         raise DataError(path, "the video has no duration; expected a video file with frames")
