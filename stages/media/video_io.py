@@ -129,6 +129,32 @@ def probe(path: str | Path) -> VideoInfo:
     )
 
 
+def frame_times(info: VideoInfo) -> np.ndarray | None:
+    """Presentation time (s of the file's timeline) of every frame of the first video stream, in order.
+
+    Read from the stream's packets without decoding (`-c copy -f framecrc`: one line per packet). None when
+    the stream is constant-rate from 0 (frame k at k / fps), where the plain arithmetic is exact."""
+    command = [ffmpeg_exe(), *_GLOBAL_ARGS, "-i", str(info.path), "-map", "0:v:0", "-c", "copy",
+               "-avoid_negative_ts", "disabled", "-f", "framecrc", "pipe:1"]
+    result = subprocess.run(command, capture_output=True, text=True, errors="replace")
+    base = re.search(r"^#tb 0: (\d+)/(\d+)", result.stdout, re.MULTILINE)
+    if result.returncode != 0 or base is None:
+        raise DataError(info.path, f"cannot read the video's timestamps (ffmpeg: {ffmpeg_reason(result.stderr)})")
+    pts = [int(line.split(",")[2]) for line in result.stdout.splitlines()
+           if line.startswith("0,") and line.split(",")[2].strip().lstrip("-").isdigit()]
+    times = np.sort(np.asarray(pts, np.float64)) * int(base.group(1)) / int(base.group(2))
+    if times.size and np.abs(times - np.arange(times.size) / info.fps).max() < 1e-6:
+        return None
+    return times
+
+
+def frame_indices_at(timestamps: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Index of the frame (presented at `times`) nearest to each timestamp; a tie goes to the earlier frame,
+    as in `frame_indices`."""
+    middles = (times[:-1] + times[1:]) / 2
+    return np.searchsorted(middles, np.asarray(timestamps, np.float64) - 1e-6, side="left").astype(np.int64)
+
+
 def frame_indices(timestamps: np.ndarray, fps: float) -> np.ndarray:
     """Index of the frame nearest to each timestamp (seconds from the start of the file).
 
@@ -144,6 +170,7 @@ def read_audio(info: VideoInfo, start: float, duration: float, sample_rate: int)
         raise DataError(info.path, "no audio stream: the voice snippets need the soundtrack")
     stream = (
         ffmpeg.input(str(info.path), ss=f"{start:.6f}", t=f"{duration:.6f}")["a:0"]
+        .filter("aresample", **{"async": 1, "first_pts": 0})  # a stream starting late: silence before it
         .output("pipe:", format="s16le", acodec="pcm_s16le", ac=1, ar=sample_rate)
         .global_args(*_GLOBAL_ARGS)
     )
@@ -226,10 +253,19 @@ def yuv420_bytes(width: int, height: int) -> int:
     return width * height + 2 * ((width + 1) // 2) * ((height + 1) // 2)
 
 
-def iter_frames(info: VideoInfo, indices: Sequence[int]) -> Iterator[tuple[int, Planes]]:
+def _seek_time(index: int, fps: float, times: np.ndarray | None) -> float:
+    """Half a frame before frame `index`: an accurate seek there makes it the first frame out."""
+    if times is None:
+        return max(0.0, (index - 0.5) / fps)
+    return max(0.0, (times[index] + times[index - 1]) / 2 if index > 0 else times[0] - 0.5 / fps)
+
+
+def iter_frames(info: VideoInfo, indices: Sequence[int], times: np.ndarray | None = None
+                ) -> Iterator[tuple[int, Planes]]:
     """Yield (frame index, YUV planes) for sorted unique `indices`, seeking to each run of them.
 
-    The yielded planes are reused: they are valid until the next iteration. YUV rather than RGB halves
+    `times` (from `frame_times`) places the frames of a stream that is not constant-rate from 0. The
+    yielded planes are reused: they are valid until the next iteration. YUV rather than RGB halves
     the bytes through the pipe and leaves the colour conversion to the small crops.
     """
     indices = np.asarray(indices, np.int64)
@@ -240,7 +276,7 @@ def iter_frames(info: VideoInfo, indices: Sequence[int]) -> Iterator[tuple[int, 
     for first, last in _segments(indices, gap):
         # Accurate input seek: ffmpeg decodes from the previous keyframe and drops frames before
         # `ss`; seeking half a frame early makes frame `first` the first one out.
-        seek = max(0.0, (first - 0.5) / info.fps)
+        seek = _seek_time(int(first), info.fps, times)
         stream = (
             ffmpeg.input(str(info.path), ss=f"{seek:.6f}")["v:0"]
             .output("pipe:", format="rawvideo", pix_fmt="yuv420p", vframes=last - first + 1,
