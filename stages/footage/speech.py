@@ -18,7 +18,7 @@ import subprocess
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -27,6 +27,7 @@ from typing import IO
 import numpy as np
 
 from stages.core.errors import DataError
+from stages.core.progress import Progress, Silent
 from stages.media.video_io import VideoInfo, ffmpeg_exe, ffmpeg_reason
 
 SAMPLE_RATE = 16000
@@ -40,6 +41,8 @@ CUT_CHANGE_SIMILARITY = 0.80  # at a shot cut inside speech, a looser test
 SNAP_SECONDS = 0.5
 MIN_SEGMENT = 0.8           # no two boundaries closer than this (seconds)
 MIN_QUERY_SPEECH = 0.3      # seconds of speech a query clip needs
+TARGET_RMS = 10 ** (-30 / 20)  # -30 dBFS
+CutsKnown = Callable[[], tuple[list[float], float, bool]]  # (cut times so far, seconds covered, video ended)
 
 
 @dataclass
@@ -106,6 +109,20 @@ def _mel_basis() -> np.ndarray:
     return weights.astype(np.float32)
 
 
+def _louder(audio: np.ndarray) -> tuple[np.ndarray, float]:
+    """Resemblyzer's volume normalisation (quiet audio raised to -30 dBFS) and the RMS before it."""
+    rms = float(np.sqrt(np.mean(np.square(audio)))) if audio.size else 0.0
+    if 1e-5 < rms < TARGET_RMS:
+        audio = audio * np.float32(TARGET_RMS / rms)
+    return audio, rms
+
+
+def _unit_mean(embeddings: np.ndarray) -> np.ndarray:
+    """The mean of window embeddings, renormalised to unit length."""
+    mean = embeddings.mean(axis=0)
+    return mean / max(float(np.linalg.norm(mean)), 1e-9)
+
+
 def _mel(audio: np.ndarray) -> np.ndarray:
     """Resemblyzer's input: 40 mel power bands, 25 ms windows every 10 ms (frames x 40).
 
@@ -113,10 +130,7 @@ def _mel(audio: np.ndarray) -> np.ndarray:
     n_fft=400, hop 160, centred, zero padding; checked in tests/test_search.py), computed with numpy: the
     first librosa call in a process costs seconds of imports and JIT compilation, which a query cannot afford.
     """
-    audio = np.asarray(audio, np.float32)
-    rms = float(np.sqrt(np.mean(np.square(audio)))) if audio.size else 0.0
-    if 1e-5 < rms < 10 ** (-30 / 20):  # Resemblyzer's volume normalisation: raise quiet speech to -30 dBFS
-        audio = audio * np.float32(10 ** (-30 / 20) / rms)
+    audio, _ = _louder(np.asarray(audio, np.float32))
     if audio.size < WINDOW * 160:  # pad a short clip to one window, as Resemblyzer does
         audio = np.pad(audio, (0, WINDOW * 160 - audio.size))
     n_fft, hop = 400, 160
@@ -147,8 +161,7 @@ def _windows(mel: np.ndarray, hop: int, numpy: bool = False) -> tuple[np.ndarray
 def embed_audio(audio: np.ndarray) -> np.ndarray:
     """One unit 256-d voice embedding of a stretch of speech."""
     _, embeddings = _windows(_mel(audio), EMBED_HOP)
-    mean = embeddings.mean(axis=0)
-    return mean / max(float(np.linalg.norm(mean)), 1e-9)
+    return _unit_mean(embeddings)
 
 
 def _boundaries(similarity: np.ndarray, times: np.ndarray, limit: float) -> list[float]:
@@ -274,12 +287,14 @@ class _SoundtrackReader:
             process.stderr.close()
 
 
-def analyze_audio(info: VideoInfo, cuts_known, progress=None) -> Soundtrack:
+def analyze_audio(info: VideoInfo, cuts_known: CutsKnown,
+                  progress: Progress | None = None) -> Soundtrack:
     """Speech segments of a video's soundtrack with their embeddings, the seconds of speech and decoding facts.
 
     `cuts_known()` returns (shot cut times so far, seconds of video they cover, whether the video pass has
     ended): this runs beside the face pass and waits for it only where it needs the cuts of a block.
     """
+    progress = progress or Silent()
     if not info.has_audio:
         return Soundtrack([], 0.0, 0.0)
     segments: list[Segment] = []
@@ -305,8 +320,7 @@ def analyze_audio(info: VideoInfo, cuts_known, progress=None) -> Soundtrack:
                 a = int(round((start - origin) * SAMPLE_RATE))
                 b = int(round((end - origin) * SAMPLE_RATE))
                 segments.append(Segment(round(start, 3), round(end, 3), embed_audio(buffer[a:b])))
-        if progress is not None:
-            progress(block.size / SAMPLE_RATE)
+        progress.advance(int(round(block.size / SAMPLE_RATE)))
         if following is None:
             break
         buffer = buffer[keep_from:]
@@ -316,7 +330,7 @@ def analyze_audio(info: VideoInfo, cuts_known, progress=None) -> Soundtrack:
                       reader.last_error)
 
 
-def _wait_for_cuts(cuts_known, until: float) -> np.ndarray:
+def _wait_for_cuts(cuts_known: CutsKnown, until: float) -> np.ndarray:
     while True:
         cuts, covered, finished = cuts_known()
         if finished or covered >= until:
@@ -349,9 +363,7 @@ def embed_clip(path: str | Path) -> tuple[np.ndarray, float]:
     """
     from stages.footage.voice_numpy import speech_mask
     audio = read_clip(path)
-    rms = float(np.sqrt(np.mean(np.square(audio)))) if audio.size else 0.0
-    if 1e-5 < rms < 10 ** (-30 / 20):
-        audio = audio * np.float32(10 ** (-30 / 20) / rms)
+    audio, rms = _louder(audio)
     speech = audio[speech_mask(audio)] if rms > 1e-5 else audio[:0]
     if speech.size < SAMPLE_RATE * MIN_QUERY_SPEECH:
         found = f"only {speech.size / SAMPLE_RATE:.1f} s of speech found" if speech.size else "no speech found"
@@ -359,5 +371,4 @@ def embed_clip(path: str | Path) -> tuple[np.ndarray, float]:
                               f"in {audio.size / SAMPLE_RATE:.1f} s of audio; at least {MIN_QUERY_SPEECH} s "
                               "is needed, 3 s or more works best")
     _, embeddings = _windows(_mel(speech), EMBED_HOP, numpy=True)
-    mean = embeddings.mean(axis=0)
-    return mean / max(float(np.linalg.norm(mean)), 1e-9), speech.size / SAMPLE_RATE
+    return _unit_mean(embeddings), speech.size / SAMPLE_RATE
