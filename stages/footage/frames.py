@@ -25,7 +25,7 @@ from typing import IO
 import numpy as np
 
 from stages.core.errors import DataError
-from stages.media.video_io import VideoInfo, ffmpeg_exe, ffmpeg_reason
+from stages.media.video_io import VideoInfo, end_process, ffmpeg_exe, ffmpeg_reason
 
 TINY_W, TINY_H = 64, 36
 CUT_ABSOLUTE = 15.0   # mean |difference| of colour levels (0..255) that may be a cut ...
@@ -228,13 +228,7 @@ class FrameSource:
                 raise DataError(self.info.path, f"cannot decode the video stream (ffmpeg: {detail}); "
                                                 "expected a video file ffmpeg can read")
         finally:
-            process.stdout.close()
-            if process.poll() is None:
-                process.kill()
-            process.wait()
-            reader.join(timeout=5)
-            log.join(timeout=5)
-            process.stderr.close()
+            end_process(process, (reader, log))
             with self._lock:
                 self.finished = True
 

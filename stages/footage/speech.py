@@ -28,7 +28,7 @@ import numpy as np
 
 from stages.core.errors import DataError
 from stages.core.progress import Progress, Silent
-from stages.media.video_io import VideoInfo, ffmpeg_exe, ffmpeg_reason
+from stages.media.video_io import VideoInfo, end_process, ffmpeg_exe, ffmpeg_reason
 
 SAMPLE_RATE = 16000
 BLOCK_SECONDS = 60.0
@@ -279,12 +279,7 @@ class _SoundtrackReader:
             if code != 0:
                 raise DataError(self.info.path, f"cannot decode the audio (ffmpeg: {self.last_error or 'failed'})")
         finally:
-            process.stdout.close()
-            if process.poll() is None:
-                process.kill()
-            process.wait()
-            log.join(timeout=5)
-            process.stderr.close()
+            end_process(process, (log,))
 
 
 def analyze_audio(info: VideoInfo, cuts_known: CutsKnown,

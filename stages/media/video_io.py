@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import subprocess
 import tempfile
+import threading
 import wave
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -65,6 +66,18 @@ def _exact_fps(value: float) -> float:
 
 def _rate(text: str) -> float:
     return float(text[:-1]) * 1000 if text.endswith("k") else float(text)
+
+
+def end_process(process: subprocess.Popen, threads: Sequence[threading.Thread] = ()) -> None:
+    """Stop an ffmpeg child however its reading ended (killed if still running) and join its reader threads."""
+    process.stdout.close()
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+    for thread in threads:
+        thread.join(timeout=5)
+    if process.stderr is not None:
+        process.stderr.close()
 
 
 def ffmpeg_reason(log: str, fallback: str = "failed") -> str:
@@ -177,8 +190,8 @@ def read_audio(info: VideoInfo, start: float, duration: float, sample_rate: int)
     try:
         out, _ = stream.run(cmd=ffmpeg_exe(), capture_stdout=True, capture_stderr=True)
     except ffmpeg.Error as error:
-        message = error.stderr.decode(errors="replace").strip().splitlines()
-        raise DataError(info.path, f"cannot decode audio ({message[-1] if message else 'ffmpeg failed'})") from None
+        reason = ffmpeg_reason(error.stderr.decode(errors="replace"), "ffmpeg failed")
+        raise DataError(info.path, f"cannot decode audio ({reason})") from None
     samples = np.frombuffer(out, np.int16)
     if samples.size == 0:
         raise DataError(info.path, f"zero-length audio in the annotated window {start:.2f}-{start + duration:.2f} s")
@@ -291,8 +304,8 @@ def iter_frames(info: VideoInfo, indices: Sequence[int], times: np.ndarray | Non
                 for current in range(first, last + 1):
                     if not _read_exact(process.stdout, view):
                         errors.seek(0)
-                        message = errors.read().decode(errors="replace").strip().splitlines()
-                        detail = f" (ffmpeg: {message[-1]})" if message else ""
+                        log = errors.read().decode(errors="replace")
+                        detail = f" (ffmpeg: {ffmpeg_reason(log)})" if log.strip() else ""
                         raise DataError(info.path, f"video ended before frame {current} "
                                                    f"(t={current / info.fps:.3f} s) that the annotations need: "
                                                    f"truncated or unreadable{detail}")
@@ -300,7 +313,4 @@ def iter_frames(info: VideoInfo, indices: Sequence[int], times: np.ndarray | Non
                         yield int(current), frame
                         target = next(wanted, -1)
             finally:
-                process.stdout.close()
-                if process.poll() is None:
-                    process.kill()
-                process.wait()
+                end_process(process)
