@@ -123,6 +123,8 @@ def test_a_truncated_file_is_reported_not_passed_as_whole(media: dict) -> None:
     row = results["videos"][0]
     assert row["complete"] is False and row["damage"]["truncated"] is True
     assert FACE[0] < row["duration"] < 7.9 and row["damage"]["container_seconds"] == pytest.approx(8.0, abs=0.1)
+    page = (media["root"] / "out-truncated" / "results.html").read_text()
+    assert "truncated.mp4: damaged:" in page  # the page says so too
     warnings = [line for line in output.splitlines() if line.startswith("note:") and "damaged" in line]
     assert len(warnings) == 1 and "truncated.mp4" in warnings[0] and f"of {8.0:.1f} s" in warnings[0]
     faces = matched(results, "face")
