@@ -176,14 +176,13 @@ class FrameSource:
                 if num is not None:
                     time_base[branch] = int(num) / int(den)
                     continue
-                if pts == "NOPTS":
-                    continue
-                moment = int(pts) * time_base[branch]
+                moment = np.nan if pts == "NOPTS" else int(pts) * time_base[branch]
                 if branch == "sample":
                     self._sample_times.put(moment)
                 else:
-                    with self._lock:
-                        self.timeline.times.append(moment)
+                    with self._lock:  # one time per thumbnail, so cut indices stay aligned with times
+                        times = self.timeline.times
+                        times.append(moment if not np.isnan(moment) else (times[-1] if times else 0.0))
                         self.timeline.last_duration = max(0, int(duration)) * time_base[branch]
         finally:
             self._sample_times.put(None)
@@ -217,7 +216,8 @@ class FrameSource:
                 if data is None:
                     break
                 stamped = self._sample_times.get()
-                moment = moment + self.period if stamped is None else stamped  # no timestamp: the next slot
+                # a frame without a timestamp (or a log cut short) takes the next sampling slot
+                moment = moment + self.period if stamped is None or np.isnan(stamped) else stamped
                 count += 1
                 yield moment, np.frombuffer(data, np.uint8).reshape(self.height, self.width, 3)
             process.wait()
