@@ -25,7 +25,7 @@ from stages.footage.index_store import VideoIndex, read_entry
 from stages.footage.settings import VOICE_THRESHOLD, IndexSettings
 from stages.footage.indexing import check_video, index_videos
 
-RESULTS_BYTES = 5_000_000  # free space asked for results.json and results.html (thumbnails inline)
+RESULTS_BYTES = 2_000_000  # free space asked for results.json and results.html (100 hits, thumbnails inline)
 
 
 def _face_hits(index: VideoIndex, video: str, query: np.ndarray, embedder, threshold: float) -> list[dict]:
