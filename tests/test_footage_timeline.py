@@ -217,3 +217,19 @@ def test_a_disk_filling_during_the_write_leaves_nothing_behind(mount) -> None:
     with pytest.raises(DataError, match="cannot write") as caught:
         write_entry(full / "entry", meta, faces, speech)
     assert str(full) in str(caught.value) and list(full.iterdir()) == []
+
+
+def test_the_damage_report_names_gaps_jumps_and_a_short_end() -> None:
+    from stages.footage.frames import Timeline
+    from stages.footage.indexing import damage_report
+    from stages.footage.speech import Soundtrack
+    from stages.media.video_io import VideoInfo
+    steady = list(np.arange(0, 4, 0.04))
+    info = VideoInfo(Path("v.mp4"), 25.0, 640, 360, 10.0, True)
+    whole = Timeline(steady + list(np.arange(4, 10, 0.04)), 0.04)
+    assert damage_report(info, whole, Soundtrack([], 0.0, 10.0), whole.end()) is None
+    broken = Timeline(steady + list(np.arange(6, 8, 0.04)) + list(np.arange(1, 2, 0.04)), 0.04)
+    report = damage_report(info, broken, Soundtrack([], 0.0, 8.0), 8.0)
+    assert report["gaps"] == [[4.0, 6.0]] and report["jumps_back"] == [[8.0, 1.0]] and report["truncated"]
+    assert "no video frames 4.0-6.0 s" in report["message"] and "from 8.0 to 1.0 s" in report["message"]
+    assert "only 8.0 s of 10.0 s" in report["message"]

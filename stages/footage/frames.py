@@ -111,6 +111,11 @@ class Timeline:
         limit = max(GAP_SECONDS, GAP_RELATIVE * float(np.median(steps)))
         return [(float(times[i]), float(times[i + 1])) for i in np.flatnonzero(steps > limit)]
 
+    def jumps_back(self) -> list[tuple[float, float]]:
+        """(from, to) where the timestamps go backwards (joined recordings, a reset clock)."""
+        times = np.asarray(self.times)
+        return [(float(times[i]), float(times[i + 1])) for i in np.flatnonzero(np.diff(times) < 0)]
+
 
 class FrameSource:
     """Iterate (time, RGB frame) about every `period` seconds; cuts and the timeline fill in as decoding goes."""

@@ -81,9 +81,10 @@ def _spans(times: list[float], reach: float) -> list[list[float]]:
 def damage_report(info: VideoInfo, timeline: Timeline, soundtrack: Soundtrack, decoded_end: float) -> dict[str, Any] | None:
     """What decoding lost (errors, gaps, a missing end) with the seconds affected; None for a whole file."""
     gaps = [[round(a, 1), round(b, 1)] for a, b in timeline.gaps()]
+    jumps = [[round(a, 1), round(b, 1)] for a, b in timeline.jumps_back()]
     short = info.duration is not None and decoded_end < info.duration - TRUNCATED_SECONDS
     errors = timeline.errors + soundtrack.errors
-    if not (errors or gaps or short):
+    if not (errors or gaps or jumps or short):
         return None
     parts = []
     if errors:
@@ -91,11 +92,13 @@ def damage_report(info: VideoInfo, timeline: Timeline, soundtrack: Soundtrack, d
         parts.append(f"{errors} decoding error(s) near " + ", ".join(f"{a:.1f}-{b:.1f} s" for a, b in spans))
     if gaps:
         parts.append("no video frames " + ", ".join(f"{a:.1f}-{b:.1f} s" for a, b in gaps))
+    if jumps:
+        parts.append("timestamps jump back " + ", ".join(f"from {a:.1f} to {b:.1f} s" for a, b in jumps))
     if short:
         parts.append(f"only {decoded_end:.1f} s of {info.duration:.1f} s could be decoded (truncated?)")
     return {"decode_errors": errors, "video_errors": timeline.errors, "audio_errors": soundtrack.errors,
             "error_seconds": _spans(timeline.error_times + soundtrack.error_times, 0.5) if errors else [],
-            "gaps": gaps, "decoded_seconds": round(decoded_end, 2), "container_seconds": info.duration,
+            "gaps": gaps, "jumps_back": jumps, "decoded_seconds": round(decoded_end, 2), "container_seconds": info.duration,
             "truncated": short, "message": "damaged: " + "; ".join(parts) + "; the index holds only what "
             "decoded"}
 
