@@ -18,14 +18,16 @@ from typing import Any
 
 import numpy as np
 
-from stages.core.atomic import atomic_path
-from stages.core.errors import ConfigError
+from stages.core.atomic import atomic_path, check_writable, disk_errors
+from stages.core.errors import ConfigError, DataError
 from stages.core.progress import Progress
 from stages.footage.decision import Decision, score_face, score_voice, voice_rule, voice_score_threshold
 from stages.footage.face_embedding import DlibFaceEmbedder
 from stages.footage.index_store import VideoIndex, read_entry
 from stages.footage.settings import IndexSettings
-from stages.footage.indexing import index_videos
+from stages.footage.indexing import check_video, index_videos
+
+RESULTS_BYTES = 2_000_000  # free space asked for results.json and results.html (100 hits, thumbnails inline)
 
 
 def _face_hits(index: VideoIndex, video: str, query: np.ndarray, embedder, threshold: float) -> list[dict]:
@@ -115,6 +117,11 @@ def search(videos: list[str | Path], out_dir: str | Path, settings: IndexSetting
                          "embedder": embedder.name, "threshold": face_threshold,
                          "score": "1 - Euclidean distance of dlib descriptors" if not settings.model
                          else "cosine similarity"}
+    if voice is not None and face is None:
+        silent = [video for video in videos if not check_video(video).has_audio]
+        if len(silent) == len(videos):
+            raise DataError(silent[0], "this video has no audio stream, so a --voice query cannot be answered; "
+                                       "expected a video with sound (or add --face)")
     if voice is not None:
         from stages.footage.voice_embedders import voice_embedder
         voice_model = voice_embedder(settings.voice_embedder)
@@ -124,7 +131,13 @@ def search(videos: list[str | Path], out_dir: str | Path, settings: IndexSetting
                           "threshold": voice_score_threshold(voice_model.name, voice_threshold),
                           "rule": voice_rule(voice_model.name, voice_threshold),
                           "raw": f"cosine similarity of {voice_model.name} embeddings"}
+    check_writable(out_dir, RESULTS_BYTES)
     entries, index_summary = index_videos(list(videos), settings, index_dir, progress, workers)
+    if notes is not None:
+        notes += [entry.warning for entry in entries if entry.warning]
+        if voice is not None:
+            notes += [f"{entry.video}: has no audio stream; the voice query could not be searched there"
+                      for entry in entries if not entry.meta["has_audio"]]
     started = time.perf_counter()
     hits: list[dict] = []
     video_rows = []
@@ -138,7 +151,8 @@ def search(videos: list[str | Path], out_dir: str | Path, settings: IndexSetting
         meta = entry.meta
         video_rows.append({"path": name, "sha256": entry.digest, "index": str(entry.path),
                            "indexed_now": entry.built, "duration": meta["duration"], "width": meta["width"],
-                           "height": meta["height"], "fps": round(meta["fps"], 3), "tracks": meta["tracks"],
+                           "height": meta["height"], "fps": round(meta["fps"], 3), "has_audio": meta["has_audio"],
+                           "complete": meta["complete"], "damage": meta["damage"], "tracks": meta["tracks"],
                            "speech_segments": meta["speech_segments"], "cuts": len(meta["cuts"]),
                            "index_seconds": meta["timings"]["total_seconds"]})
     hits.sort(key=lambda h: (-h["score"], h["video"], h["start"]))
@@ -151,9 +165,10 @@ def search(videos: list[str | Path], out_dir: str | Path, settings: IndexSetting
                     "query_seconds": round(query_seconds, 3), **{f"index_{k}": v for k, v in index_summary.items()}},
     }
     out_dir = Path(out_dir)
-    with atomic_path(out_dir / "results.json") as tmp:
-        tmp.write_text(json.dumps(results, indent=2) + "\n")
     page = render(results, thumbs, face_query.thumbnail if face_query else None)
-    with atomic_path(out_dir / "results.html") as tmp:
-        tmp.write_text(page, encoding="utf-8")
+    with disk_errors(out_dir):
+        with atomic_path(out_dir / "results.json") as tmp:
+            tmp.write_text(json.dumps(results, indent=2) + "\n")
+        with atomic_path(out_dir / "results.html") as tmp:
+            tmp.write_text(page, encoding="utf-8")
     return results

@@ -38,10 +38,9 @@ def _resemblyzer_segment(audio: np.ndarray) -> np.ndarray:
 
 
 def _resemblyzer_query(audio: np.ndarray) -> np.ndarray:
-    from stages.footage.speech import EMBED_HOP, _mel, _windows
+    from stages.footage.speech import EMBED_HOP, _mel, _unit_mean, _windows
     _, embeddings = _windows(_mel(audio), EMBED_HOP, numpy=True)
-    mean = embeddings.mean(axis=0)
-    return mean / max(float(np.linalg.norm(mean)), 1e-9)
+    return _unit_mean(embeddings)
 
 
 def _campplus_segment(audio: np.ndarray) -> np.ndarray:
