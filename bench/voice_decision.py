@@ -117,9 +117,8 @@ def segments_of(audio: np.ndarray) -> list[tuple[float, float]]:
 
 def trimmed(audio: np.ndarray) -> np.ndarray:
     """A query clip's speech, as search trims it (speech.embed_clip)."""
-    rms = float(np.sqrt(np.mean(np.square(audio))))
-    if 1e-5 < rms < 10 ** (-30 / 20):
-        audio = audio * np.float32(10 ** (-30 / 20) / rms)
+    from stages.footage.speech import _louder
+    audio, _ = _louder(audio)
     return audio[speech_mask(audio)]
 
 
