@@ -30,6 +30,7 @@ MIN_SCORE = 0.10      # windowed adjusted R^2 a speaking mouth reaches
 MARGIN = 0.08         # ... and by which it beats the next face on screen
 MIN_PART = 0.8        # seconds: shorter runs of one decision join their neighbours
 MAX_HEIGHT = 720      # frames are scaled to at most this height before the mouths are cut
+SMOOTH_DETECTIONS = 5 # face boxes averaged over this many detections (2.5 s at 2 samples/s)
 CONTEXT = 2.0         # seconds analysed either side of a segment (same faces): short spans overfit
 
 
@@ -57,8 +58,14 @@ class FaceTrackPath:
 
     def boxes_at(self, times: np.ndarray) -> np.ndarray:
         """Boxes interpolated at `times` (held before the first and after the last detection), NaN outside
-        the track."""
-        out = np.stack([np.interp(times, self.times, self.boxes[:, i]) for i in range(4)], axis=1)
+        the track. The detections are smoothed first (a mean over SMOOTH_DETECTIONS): HOG boxes jitter by
+        several pixels from one sample to the next, and a mouth crop that slides with them moves more than
+        the lips do."""
+        reach = min(SMOOTH_DETECTIONS // 2, (len(self.boxes) - 1) // 2)
+        padded = np.pad(self.boxes, ((reach, reach), (0, 0)), mode="edge")
+        kernel = np.ones(2 * reach + 1) / (2 * reach + 1)
+        smooth = np.stack([np.convolve(padded[:, i], kernel, mode="valid") for i in range(4)], axis=1)
+        out = np.stack([np.interp(times, self.times, smooth[:, i]) for i in range(4)], axis=1)
         out[(times < self.start) | (times > self.end)] = np.nan
         return out
 
