@@ -95,9 +95,10 @@ def _decode_band(info: VideoInfo, first: int, count: int, band: tuple[float, flo
     return frames.reshape(-1, height, full_w), (top, full_h)
 
 
-def _frame_scores(info: VideoInfo, start: float, end: float, paths: list[FaceTrackPath]
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Frame times, their audio, and per-track per-frame synchrony (tracks x frames; -inf where absent)."""
+def _frame_scores(info: VideoInfo, start: float, end: float, paths: list[FaceTrackPath],
+                  edges: list[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Frame times, their audio, and per-track per-frame synchrony (tracks x frames; -inf where absent);
+    the scores' windows stop at the `edges` (seconds where one segment ends and the next begins)."""
     first, last = int(np.ceil(start * info.fps - 1e-6)), int(np.floor(end * info.fps + 1e-6))
     count = max(0, last - first)
     times = (first + np.arange(count)) / info.fps
@@ -123,7 +124,8 @@ def _frame_scores(info: VideoInfo, start: float, end: float, paths: list[FaceTra
         if present.sum() < FEATURES + 3:
             continue
         crops = mouth_crops(frames, track_boxes)
-        result = sync_features(mouth_features(crops, info.fps), envelope, info.fps)
+        breaks = np.searchsorted(times, edges)
+        result = sync_features(mouth_features(crops, info.fps), envelope, info.fps, breaks=breaks)
         scores[row] = np.where(present, result.frame_scores, -np.inf)
     return times, audio, scores
 
@@ -218,7 +220,9 @@ def _assign(info: VideoInfo, segments: list, visible: list[list[int]], paths: li
     decided: dict[int, list[SpeechPart]] = {}
     for start, end, ids, members in _groups(segments, visible, by_id) if info.has_audio else []:
         started = time.perf_counter()
-        times, audio, scores = _frame_scores(info, start, end, [by_id[i] for i in ids])
+        # windows stop where one segment ends and the next begins at once (a voice change), not at pauses
+        edges = [segments[n].end for n in members[:-1] if abs(segments[n + 1].start - segments[n].end) < 1e-3]
+        times, audio, scores = _frame_scores(info, start, end, [by_id[i] for i in ids], edges)
         counters["asd_spans"] += 1
         counters["asd_frames"] += len(times)
         for number in members:

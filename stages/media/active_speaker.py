@@ -196,20 +196,27 @@ def speech_envelope(audio: np.ndarray, fps: float, frames: int, sample_rate: int
     return high_pass(audio_envelope(audio, fps, frames, sample_rate), fps)
 
 
-def _windowed(audio: np.ndarray, video: np.ndarray, half: int, step: int) -> np.ndarray:
-    """`_explained` in a window of +-half around every index, computed every `step` and interpolated."""
+def _windowed(audio: np.ndarray, video: np.ndarray, half: int, step: int, breaks: np.ndarray) -> np.ndarray:
+    """`_explained` in a window of +-half around every index, never across a `breaks` index, computed every
+    `step` and interpolated."""
     count = len(audio)
-    centres = np.unique(np.append(np.arange(0, count, step), count - 1)) if count else np.zeros(0, int)
+    centres = np.unique(np.concatenate([np.arange(0, count, step), breaks[(breaks > 0) & (breaks < count)],
+                                        breaks[(breaks > 0) & (breaks <= count)] - 1, [count - 1]])).astype(int)
+    centres = centres[(centres >= 0) & (centres < count)]
+    edges = np.unique(np.concatenate([[0, count], breaks[(breaks > 0) & (breaks < count)]]))
     values = np.zeros(len(centres))
     for k, t in enumerate(centres):
-        lo, hi = max(0, t - half), min(count, t + half + 1)
+        at = int(np.searchsorted(edges, t, side="right")) - 1
+        lo, hi = max(int(edges[at]), t - half), min(int(edges[at + 1]), t + half + 1)
         values[k] = _explained(audio[lo:hi], video[lo:hi]) if hi - lo > FEATURES + 2 else 0.0
     return np.interp(np.arange(count), centres, values) if count else values
 
 
 def sync_features(features: np.ndarray, envelope: np.ndarray, fps: float, max_offset: float = MAX_OFFSET,
-                  window: float = WINDOW_SECONDS) -> SyncResult:
-    """`sync` from precomputed `mouth_features` and `speech_envelope` (several faces, one audio).
+                  window: float = WINDOW_SECONDS, breaks: np.ndarray | None = None) -> SyncResult:
+    """`sync` from precomputed `mouth_features` and `speech_envelope` (several faces, one audio); the
+    per-frame windows never cross a `breaks` frame (where one speech segment ends and another begins:
+    the offset and the components still come from the whole span).
 
     Scores are the synchrony in excess of chance: the same measure with the envelope shifted by NULL_SHIFTS
     seconds (circularly, so unrelated sound against the same mouth) is subtracted. Smooth signals give a
@@ -227,11 +234,12 @@ def sync_features(features: np.ndarray, envelope: np.ndarray, fps: float, max_of
     half = max(2, int(round(window * fps / 2)))
     step = max(1, int(round(fps / 5)))
     a, v, first = _paired(envelope, features, best_offset)
-    raw = _windowed(a, v, half, step)
+    breaks = np.zeros(0, int) if breaks is None else np.asarray(breaks, int) - first
+    raw = _windowed(a, v, half, step, breaks)
     shifts = [int(round(seconds * fps)) % max(1, count) for seconds in NULL_SHIFTS]
     shifts = [shift for shift in shifts if shift] or [max(1, count // 2)]
     nulls = [_paired(np.roll(envelope, shift), features, best_offset)[:2] for shift in shifts]
-    chance = np.mean([_windowed(na, nv, half, step) for na, nv in nulls], axis=0)
+    chance = np.mean([_windowed(na, nv, half, step, breaks) for na, nv in nulls], axis=0)
     chance_span = float(np.mean([_explained(na, nv) for na, nv in nulls]))
     frame_scores = np.zeros(count)
     frame_scores[first:first + len(a)] = raw - chance
