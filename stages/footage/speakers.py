@@ -109,16 +109,18 @@ def _frame_scores(info: VideoInfo, start: float, end: float, paths: list[FaceTra
     first, last = int(np.ceil(start * info.fps - 1e-6)), int(np.floor(end * info.fps + 1e-6))
     count = max(0, last - first)
     times = (first + np.arange(count)) / info.fps
-    if count < FEATURES + 3:
-        return times, np.zeros(0), np.full((len(paths), count), -np.inf), np.zeros(len(paths), bool)
     boxes = [p.boxes_at(times) for p in paths]
     known = np.concatenate([b[np.isfinite(b).all(axis=1)] for b in boxes])
+    if count < FEATURES + 3 or not len(known):
+        return times, np.zeros(0), np.full((len(paths), count), -np.inf), np.zeros(len(paths), bool)
     scale = min(1.0, MAX_HEIGHT / info.height)
     margin = 0.02
     frames, (top, full_h) = _decode_band(info, first, count, (float(known[:, 1].min()) - margin,
                                                               float(known[:, 3].max()) + margin), scale)
     count = len(frames)
     times = times[:count]
+    if count < FEATURES + 3:  # the container's duration promised frames the stream does not have
+        return times, np.zeros(0), np.full((len(paths), count), -np.inf), np.zeros(len(paths), bool)
     audio = read_audio(info, first / info.fps, count / info.fps, SAMPLE_RATE).astype(np.float32) / 32768.0
     envelope = speech_envelope(audio, info.fps, count)
     width = frames.shape[2] if count else 1
