@@ -8,7 +8,8 @@ Two parts, never mixed: thresholds are chosen on CHOOSE and reported on CHECK.
           stranger); voices: speaker T (realdev speaker-T-*, a different recording in each video), read-3575,
           read-6829, read-8230; person 4 never speaks; a voice never on screen: read-p240.
 Each part: two videos of random shots of 2.5-6 s (one person silent, one speaking, a voice off screen, two
-people with one speaking, the stranger silent, the unseen voice off screen), 640x360, 25 fps.
+people with one speaking, the stranger silent, the unseen voice off screen, one person silent on screen while
+another speaks off screen), 640x360, 25 fps.
 Measured per reference person, as pyannote.metrics defines them: coverage (share of a person's on-screen or
 speaking time found under one found person) and purity (share of a found person's time that is one reference
 person's), means over people; merged = a found person holding most of the time of two reference people.
@@ -86,9 +87,9 @@ def part(name: str) -> tuple[tuple[np.ndarray, ...], list[list[list[np.ndarray]]
 
 
 def plan(seconds: float, seed: int, voices: list[list[np.ndarray]], unseen: list[np.ndarray]) -> list[Shot]:
-    """A random sequence of the six shot kinds, about `seconds` long (face 5 = the stranger)."""
+    """A random sequence of the seven shot kinds, about `seconds` long (face 5 = the stranger)."""
     rng = np.random.default_rng(seed)
-    kinds = ["silent", "speaking", "off_screen", "two", "stranger", "speaking", "two", "unseen"]
+    kinds = ["silent", "speaking", "off_screen", "two", "stranger", "speaking", "two", "unseen", "listener"]
     shots, total = [], 0.0
     while total < seconds:
         kind = kinds[int(rng.integers(len(kinds)))]
@@ -109,6 +110,11 @@ def plan(seconds: float, seed: int, voices: list[list[np.ndarray]], unseen: list
             other = int((person + 1 + rng.integers(PEOPLE - 1)) % PEOPLE)
             pair = [(person, 0.27, size * 0.75), (other, 0.73, size * 0.75)]
             shot = Shot(length, pair if rng.random() < 0.5 else pair[::-1], said, who, **look)
+        elif kind == "listener":  # one person on screen, silent, while another one speaks off screen
+            speaker = int((person + 1 + rng.integers(PEOPLE - 1)) % PEOPLE)
+            heard = voices[speaker][int(rng.integers(len(voices[speaker])))] if voices[speaker] else None
+            shot = Shot(length, [(person, float(rng.uniform(0.3, 0.7)), size)], heard,
+                        f"p{speaker}" if heard is not None else None, **look)
         elif kind == "unseen":
             shot = Shot(length, [], unseen[int(rng.integers(len(unseen)))], "unseen", **look)
         else:
@@ -258,12 +264,14 @@ def run(folder: Path, seconds: float, sweep: bool) -> dict:
             entries, _ = index_videos(videos, IndexSettings(), index_dir)
             indexes = [read_entry(e.path) for e in entries]
             grid = {}
-            for face in (0.40, FACE_LINK, 0.50):
-                for mean in (False, True):
-                    for voice in (0.55, 0.60, 0.65, 0.70, 0.72, 0.75, 0.80, 0.85):
-                        found = describe(find_people(indexes, face, voice, mean), indexes, [str(v) for v in videos])
+            for face in (0.40, FACE_LINK):
+                for mean, check in ((False, False), (True, False), (True, True)):
+                    for voice in (0.60, 0.65, 0.70, 0.75, 0.80, 0.85):
+                        found = describe(find_people(indexes, face, voice, mean, check), indexes,
+                                         [str(v) for v in videos])
                         result = score({"people": found}, truths, videos)
-                        grid[f"{face:.2f}/{'mean' if mean else 'average'} {voice:.2f}"] = {
+                        rule = ("mean" if mean else "average") + ("+checked" if check else "")
+                        grid[f"{face:.2f}/{rule} {voice:.2f}"] = {
                             k: (round(result[k]["coverage"], 3), round(result[k]["purity"], 3))
                             for k in ("seen", "heard")} | {"merged": len(result["merged"]), "people": len(found)}
             report[f"{name}_sweep"] = grid

@@ -262,3 +262,13 @@ def test_a_seed_can_be_scored_by_its_mean_vector() -> None:
     # item 2 against the seed {0, 1}: average of its cosines (0.6 + 0.96) / 2 = 0.78; cosine to their mean 0.82
     assert constrained_linkage(vectors, cosine_score, free, 0.8, seeds=seeds).tolist() == [0, 0, 1]
     assert constrained_linkage(vectors, cosine_score, free, 0.8, seeds=seeds, seed_mean=True).tolist() == [0, 0, 0]
+
+
+def test_a_seeded_segment_in_another_voice_is_unseeded() -> None:
+    from stages.footage.people import consistent_seeds
+    rng = np.random.default_rng(0)
+    voice, other = rng.normal(size=16), rng.normal(size=16)
+    segments = np.stack([voice + 0.1 * rng.normal(size=16) for _ in range(3)] + [other])
+    seeds = np.array([0, 0, 0, 0])  # a listener shown while someone else spoke: the last one
+    assert consistent_seeds(seeds, segments, 0.75).tolist() == [0, 0, 0, -1]
+    assert consistent_seeds(seeds[:2], segments[[0, 3]], 0.75).tolist() == [0, 0]  # two: no majority to go by

@@ -151,8 +151,29 @@ def constrained_linkage(vectors: np.ndarray, score, cannot: np.ndarray, threshol
     return np.array([order[label] for label in labels], np.int64)
 
 
+def consistent_seeds(seeds: np.ndarray, voices: np.ndarray, link: float) -> np.ndarray:
+    """Seeds without the speech whose voice disagrees with the rest of its person's (a listener on screen
+    while someone off screen speaks): while a person has 3 or more seeded segments, the one least like the
+    mean of the others is unseeded if it scores below `link` (it may still join anyone by voice)."""
+    seeds = seeds.copy()
+    unit = np.asarray(voices, np.float64)
+    unit = unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-9)
+    for person in np.unique(seeds[seeds >= 0]):
+        while True:
+            rows = np.flatnonzero(seeds == person)
+            if len(rows) < 3:
+                break
+            others = unit[rows].sum(0)[None, :] - unit[rows]
+            scores = (unit[rows] * others).sum(1) / np.maximum(np.linalg.norm(others, axis=1), 1e-9)
+            worst = int(np.argmin(scores))
+            if scores[worst] >= link:
+                break
+            seeds[rows[worst]] = -1
+    return seeds
+
+
 def find_people(indexes: list[VideoIndex], face_link: float | None = None, voice_link: float = VOICE_LINK,
-                voice_mean: bool = VOICE_MEAN) -> list[Person]:
+                voice_mean: bool = VOICE_MEAN, check_seeds: bool = True) -> list[Person]:
     """People of a collection of indexed videos (unsorted): faces clustered, voices joined."""
     cosine = any(index.meta.get("settings", {}).get("model") for index in indexes)
     face_link = (MODEL_FACE_LINK if cosine else FACE_LINK) if face_link is None else face_link
@@ -176,6 +197,8 @@ def find_people(indexes: list[VideoIndex], face_link: float | None = None, voice
     seeds = np.array([person_of_track.get((v, int(indexes[v].speech["speaker_track"][r].as_py())), -1)
                       for v, r in segment_rows])
     voices = np.concatenate([index.voice_matrix() for index in indexes if index.speech.num_rows])
+    if check_seeds:
+        seeds = consistent_seeds(seeds, voices, voice_link)
     videos, starts, ends = _concat_times([index.speech for index in indexes])
     labels = constrained_linkage(voices, cosine_score, overlapping(videos, starts, ends), voice_link,
                                  seeds=seeds, seed_mean=voice_mean)
