@@ -272,3 +272,14 @@ def test_a_seeded_segment_in_another_voice_is_unseeded() -> None:
     seeds = np.array([0, 0, 0, 0])  # a listener shown while someone else spoke: the last one
     assert consistent_seeds(seeds, segments, 0.75).tolist() == [0, 0, 0, -1]
     assert consistent_seeds(seeds[:2], segments[[0, 3]], 0.75).tolist() == [0, 0]  # two: no majority to go by
+
+
+def test_seeded_speech_in_another_persons_voice_is_unseeded() -> None:
+    from stages.footage.people import consistent_seeds
+    rng = np.random.default_rng(1)
+    first, second = rng.normal(size=16), rng.normal(size=16)
+    segments = np.stack([voice + 0.1 * rng.normal(size=16) for voice in (first, first, first, second, second)])
+    # person 1 never speaks: the one segment given to their face (a listener shot) is person 0's voice
+    assert consistent_seeds(np.array([0, 0, 1, 2, 2]), segments, 0.75).tolist() == [0, 0, -1, 2, 2]
+    # a single segment is no voice profile: two people with one segment each keep them
+    assert consistent_seeds(np.array([0, 1, -1, 2, 2]), segments, 0.75).tolist() == [0, 1, -1, 2, 2]

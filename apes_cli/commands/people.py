@@ -38,7 +38,7 @@ def command(
     workers: WorkersOption = 1,
 ) -> None:
     """Find the people in videos."""
-    from stages.footage.people_outputs import label, people  # imported here so `apes-cli --help` starts fast
+    from stages.footage.people_outputs import label, people
     from stages.media.video_jobs import resolve_workers
     settings = settings_from(face_rate, detect_height, upsample, chips_per_track, model)
     with Bar() as bar:

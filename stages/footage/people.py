@@ -152,12 +152,29 @@ def constrained_linkage(vectors: np.ndarray, score, cannot: np.ndarray, threshol
 
 
 def consistent_seeds(seeds: np.ndarray, voices: np.ndarray, link: float) -> np.ndarray:
-    """Seeds without the speech whose voice disagrees with the rest of its person's (a listener on screen
-    while someone off screen speaks): while a person has 3 or more seeded segments, the one least like the
-    mean of the others is unseeded if it scores below `link` (it may still join anyone by voice)."""
+    """Seeds without the speech whose voice is not its person's (a listener on screen while someone off screen
+    speaks). A seeded segment is unseeded (it may still join anyone by voice) when another person's seeded
+    voice, the mean of their 2 or more seeded segments, scores >= `link` and above its own person's (the mean
+    of their other seeded segments); then, while a person keeps 3 or more, the one least like the others is unseeded
+    if it scores below `link`."""
     seeds = seeds.copy()
     unit = np.asarray(voices, np.float64)
     unit = unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-9)
+    people = np.unique(seeds[seeds >= 0])
+    if len(people) > 1:
+        sums = np.stack([unit[seeds == person].sum(0) for person in people])
+        counts = np.array([np.sum(seeds == person) for person in people], np.float64)
+        seeded = np.flatnonzero(seeds >= 0)
+        own = np.searchsorted(people, seeds[seeded])
+        scores = unit[seeded] @ (sums / np.linalg.norm(sums, axis=1, keepdims=True)).T
+        rest = sums[own] - unit[seeded]  # the person's other seeded segments
+        alone = counts[own] < 2
+        own_score = np.where(alone, -np.inf, (unit[seeded] * rest).sum(1) / np.maximum(
+            np.linalg.norm(rest, axis=1), 1e-9))
+        scores[np.arange(len(seeded)), own] = -np.inf
+        scores[:, counts < 2] = -np.inf  # one segment is no voice profile to go by
+        other = scores.max(1)
+        seeds[seeded[(other >= link) & (other > own_score)]] = -1
     for person in np.unique(seeds[seeds >= 0]):
         while True:
             rows = np.flatnonzero(seeds == person)
