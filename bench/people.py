@@ -177,7 +177,8 @@ def score(document: dict, truths: list[Truth], videos: list[Path]) -> dict:
             for item in person[kind]:
                 found.setdefault((item["video"], person["id"]), []).append((item["start"], item["end"]))
         out[kind] = coverage_purity(found, truth[kind])
-    both = {**truth["seen"], **{k: v for k, v in truth["heard"].items()}}
+    both = {key: merged(truth["seen"].get(key, []) + truth["heard"].get(key, []))
+            for key in set(truth["seen"]) | set(truth["heard"])}  # a person's time: on screen or speaking
     found_all: dict = {}
     for person in document["people"]:
         for item in person["seen"] + person["heard"]:
