@@ -4,11 +4,11 @@ Faces: average-linkage clustering of every face track of the given videos, with 
 constraints (two tracks of one video on screen at the same time are different people); clusters merge
 while the mean face score between them is >= FACE_LINK (dlib: 1 - Euclidean distance).
 Voices: each person's speech given to one of their tracks by the index's speaker rule (speaker_track)
-seeds a voice cluster; every other segment (off screen, several faces, a new voice) joins by the same
-constrained average linkage on Resemblyzer cosine (>= VOICE_LINK); two seeds never merge (they are two
-people by face). A voice cluster without a seed is a "voice only" person; a face never given speech
-stays "face only". Memory is O(tracks^2 + segments^2); nothing is decoded.
-"""
+seeds their voice, once checked against the seeds' voices (consistent_seeds); every other segment (off
+screen, several faces, a new voice) joins by constrained average linkage on Resemblyzer cosine
+(>= VOICE_LINK), a seeded person scored by their mean voice; two seeds never merge (they are two people by
+face). A voice cluster without a seed is a "voice only" person; a face never given speech stays "face
+only". Memory is O(tracks^2 + segments^2); nothing is decoded."""
 
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ from scipy import sparse
 
 from stages.footage.index_store import VideoIndex
 
-# Link thresholds, chosen on the group-photo / sample.wav videos of bench/people.py (docs/search.md).
+# Link thresholds, chosen on the "choose" part of bench/people.py (group photo, sample.wav, the interview;
+# docs/search.md). Face: the search threshold, unchanged from 0.40 to 0.55 there.
 FACE_LINK = 0.45
-MODEL_FACE_LINK = 0.8
+MODEL_FACE_LINK = 0.8  # a --model network's cosine: the search default, not calibrated on real faces
 VOICE_LINK = 0.75
 VOICE_MEAN = True  # a person seen speaking is scored by their mean voice embedding (steadier than one segment)
 # Tracks (or segments) of one video sharing more than this many seconds are different people.
