@@ -167,6 +167,19 @@ def coverage_purity(found: dict[tuple[str, str], list], truth: dict[tuple[str, s
             "found_by_anyone": reachable / max(sum(ref_total.values()), 1e-9)}
 
 
+def joined(document: dict, truth: dict[str, dict[tuple[str, str], list]]) -> list[int]:
+    """[people whose face and voice were found as one person, people both on screen and speaking]: the found
+    person holding most of their screen time also holds most of their speaking time."""
+    def holder(kind: str, ref: str) -> str | None:
+        shared = {p["id"]: sum(overlap_seconds(truth[kind].get((x["video"], ref), []), [(x["start"], x["end"])])
+                               for x in p[kind]) for p in document["people"]}
+        best = max(shared, key=shared.get, default=None)
+        return best if best is not None and shared[best] > 0 else None
+
+    refs = {r for _, r in truth["seen"]} & {r for _, r in truth["heard"]}
+    return [sum(holder("seen", r) is not None and holder("seen", r) == holder("heard", r) for r in refs), len(refs)]
+
+
 def score(document: dict, truths: list[Truth], videos: list[Path]) -> dict:
     """Seen and heard coverage / purity of a people.json document against the truth."""
     truth = reference(truths, videos)
@@ -184,6 +197,7 @@ def score(document: dict, truths: list[Truth], videos: list[Path]) -> dict:
         for item in person["seen"] + person["heard"]:
             found_all.setdefault((item["video"], person["id"]), []).append((item["start"], item["end"]))
     out["merged"] = coverage_purity(found_all, both)["merged"]
+    out["joined"] = joined(document, truth)
     out["people_found"] = len(document["people"])
     return out
 
@@ -261,9 +275,15 @@ def run(folder: Path, seconds: float, sweep: bool) -> dict:
         videos, truths = compose_part(name, folder, seconds)
         document = people(videos, folder / f"{name}-people", IndexSettings(), index_dir)
         report[name] = score(document, truths, videos)
+        entries, _ = index_videos(videos, IndexSettings(), index_dir)
+        indexes = [read_entry(e.path) for e in entries]
+        report[f"{name}_alone"] = []  # each video on its own: fewer faces given speech to seed voices
+        for index, video, truth in zip(indexes, videos, truths):
+            alone = score({"people": describe(find_people([index]), [index], [str(video)])}, [truth], [video])
+            report[f"{name}_alone"].append({k: (round(alone[k]["coverage"], 3), round(alone[k]["purity"], 3))
+                                            for k in ("seen", "heard")} | {"merged": len(alone["merged"]),
+                                                                           "joined": alone["joined"]})
         if sweep:
-            entries, _ = index_videos(videos, IndexSettings(), index_dir)
-            indexes = [read_entry(e.path) for e in entries]
             grid = {}
             for face in (0.40, FACE_LINK):
                 for mean, check in ((False, False), (True, False), (True, True)):

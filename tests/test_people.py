@@ -281,9 +281,10 @@ def test_a_seeded_segment_in_another_voice_is_unseeded() -> None:
 def test_seeded_speech_in_another_persons_voice_is_unseeded() -> None:
     from stages.footage.people import consistent_seeds
     rng = np.random.default_rng(1)
-    first, second = rng.normal(size=16), rng.normal(size=16)
-    segments = np.stack([voice + 0.1 * rng.normal(size=16) for voice in (first, first, first, second, second)])
-    # person 1 never speaks: the one segment given to their face (a listener shot) is person 0's voice
-    assert consistent_seeds(np.array([0, 0, 1, 2, 2]), segments, 0.75).tolist() == [0, 0, -1, 2, 2]
-    # a single segment is no voice profile: two people with one segment each keep them
-    assert consistent_seeds(np.array([0, 1, -1, 2, 2]), segments, 0.75).tolist() == [0, 1, -1, 2, 2]
+    first, second, third = rng.normal(size=16), rng.normal(size=16), rng.normal(size=16)
+    segments = np.stack([voice + 0.1 * rng.normal(size=16) for voice in (first, first, first, second, second, third)])
+    # person 1 never speaks: shown as a listener twice, while person 0 (first voice) and an unseen third spoke
+    assert consistent_seeds(np.array([0, 0, 1, 2, 2, 1]), segments, 0.75).tolist() == [0, 0, -1, 2, 2, 1]
+    # a person's only seeded segment is kept, and one segment is no voice profile to compare with
+    assert consistent_seeds(np.array([0, 0, 1, 2, 2, -1]), segments, 0.75).tolist() == [0, 0, 1, 2, 2, -1]
+    assert consistent_seeds(np.array([0, 1, -1, 2, 2, -1]), segments, 0.75).tolist() == [0, 1, -1, 2, 2, -1]

@@ -154,10 +154,10 @@ def constrained_linkage(vectors: np.ndarray, score, cannot: np.ndarray, threshol
 
 def consistent_seeds(seeds: np.ndarray, voices: np.ndarray, link: float) -> np.ndarray:
     """Seeds without the speech whose voice is not its person's (a listener on screen while someone off screen
-    speaks). A seeded segment is unseeded (it may still join anyone by voice) when another person's seeded
-    voice, the mean of their 2 or more seeded segments, scores >= `link` and above its own person's (the mean
-    of their other seeded segments); then, while a person keeps 3 or more, the one least like the others is unseeded
-    if it scores below `link`."""
+    speaks); an unseeded segment may still join anyone by voice. A seeded segment of a person with 2 or more
+    is unseeded when another person's seeded voice (the mean of their 2 or more seeded segments) scores
+    >= `link` and above its own person's (the mean of their other seeded segments); then, while a person
+    keeps 3 or more, the one least like the others is unseeded if it scores below `link`."""
     seeds = seeds.copy()
     unit = np.asarray(voices, np.float64)
     unit = unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-9)
@@ -169,13 +169,13 @@ def consistent_seeds(seeds: np.ndarray, voices: np.ndarray, link: float) -> np.n
         own = np.searchsorted(people, seeds[seeded])
         scores = unit[seeded] @ (sums / np.linalg.norm(sums, axis=1, keepdims=True)).T
         rest = sums[own] - unit[seeded]  # the person's other seeded segments
-        alone = counts[own] < 2
-        own_score = np.where(alone, -np.inf, (unit[seeded] * rest).sum(1) / np.maximum(
-            np.linalg.norm(rest, axis=1), 1e-9))
+        own_score = (unit[seeded] * rest).sum(1) / np.maximum(np.linalg.norm(rest, axis=1), 1e-9)
         scores[np.arange(len(seeded)), own] = -np.inf
         scores[:, counts < 2] = -np.inf  # one segment is no voice profile to go by
         other = scores.max(1)
-        seeds[seeded[(other >= link) & (other > own_score)]] = -1
+        # a person's only seeded segment stays: with nothing of their own to compare, a voice like another
+        # person's is weak evidence (different speakers reach 0.75 under Resemblyzer)
+        seeds[seeded[(counts[own] >= 2) & (other >= link) & (other > own_score)]] = -1
     for person in np.unique(seeds[seeds >= 0]):
         while True:
             rows = np.flatnonzero(seeds == person)
