@@ -21,6 +21,7 @@ import numpy as np
 from stages.core.atomic import atomic_path
 from stages.core.errors import DataError
 from stages.core.progress import Progress
+from stages.footage.face_embedding import DlibFaceEmbedder
 from stages.footage.html_page import STYLE, video_link
 from stages.footage.index_store import read_entry
 from stages.footage.indexing import index_videos
@@ -75,7 +76,7 @@ def people(videos: list[str | Path], out_dir: str | Path, settings: IndexSetting
         "videos": [{"path": path, "sha256": entry.digest, "index": str(entry.path), "duration": entry.meta["duration"],
                     "tracks": entry.meta["tracks"], "speech_segments": entry.meta["speech_segments"]}
                    for path, entry in zip(paths, entries)],
-        "embedders": {"face": "apes-model" if cosine else "dlib-resnet-v1", "voice": "resemblyzer",
+        "embedders": {"face": face_embedder_label(settings), "voice": "resemblyzer",
                       "face_link": MODEL_FACE_LINK if cosine else FACE_LINK, "voice_link": VOICE_LINK},
         "people": found,
         "summary": {"people": len(found), "face_only": sum(p["face_only"] for p in found),
@@ -96,6 +97,12 @@ def people(videos: list[str | Path], out_dir: str | Path, settings: IndexSetting
         with atomic_path(out_dir / f"{stem}.vtt") as tmp:
             tmp.write_text(webvtt(document, path), encoding="utf-8")
     return document
+
+
+def face_embedder_label(settings: IndexSettings) -> str:
+    """Which face embedder made the index: dlib's, or a --model network named by its content hash."""
+    settings = settings.resolved()
+    return f"apes-model-{settings.model_digest}" if settings.model else DlibFaceEmbedder.name
 
 
 def label(person: dict[str, Any]) -> str:

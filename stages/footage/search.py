@@ -24,7 +24,7 @@ from stages.core.progress import Progress
 from stages.footage.index_store import VideoIndex, read_entry
 from stages.footage.settings import VOICE_THRESHOLD, IndexSettings
 from stages.footage.indexing import index_videos
-from stages.footage.people_outputs import load_person, person_embeddings
+from stages.footage.people_outputs import face_embedder_label, load_person, person_embeddings
 
 
 def _face_hits(index: VideoIndex, video: str, query: np.ndarray, embedder, threshold: float) -> list[dict]:
@@ -103,7 +103,7 @@ def search(videos: list[str | Path], out_dir: str | Path, settings: IndexSetting
     if person is not None:
         found = load_person(person)
         embedder = face_embedder(settings.model)
-        if found["embedders"]["face"] != ("apes-model" if settings.model else embedder.name):
+        if found["embedders"]["face"] != face_embedder_label(settings):
             raise DataError(found["file"], f"its faces were embedded by {found['embedders']['face']}; expected the "
                                            "index settings it was made with (same --model)", field="embedders")
         face_vector, voice_embedding = person_embeddings(found)
