@@ -41,9 +41,12 @@ def command(
     from stages.footage.people_outputs import label, people
     from stages.media.video_jobs import resolve_workers
     settings = settings_from(face_rate, detect_height, upsample, chips_per_track, model)
+    notes: list[str] = []
     with Bar() as bar:
         document = people(videos, out, settings, index_dir, names_file=names, workers=resolve_workers(workers),
-                          progress=bar)
+                          progress=bar, notes=notes)
+    for note in notes:
+        typer.secho(f"warning: {note}", fg=typer.colors.YELLOW, err=True)
     typer.echo(f"{'person':<24} {'on screen':>10} {'speaking':>10}  ")
     for person in document["people"]:
         kind = "face only" if person["face_only"] else "voice only" if person["voice_only"] else ""

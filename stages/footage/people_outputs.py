@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from stages.core.atomic import atomic_path
+from stages.core.atomic import atomic_path, check_writable, disk_errors
 from stages.core.errors import DataError
 from stages.core.progress import Progress
 from stages.footage.face_embedding import DlibFaceEmbedder
@@ -29,6 +29,7 @@ from stages.footage.people import FACE_LINK, MODEL_FACE_LINK, VOICE_LINK, descri
 from stages.footage.settings import IndexSettings
 
 FORMAT = "apes-people-1"
+PEOPLE_BYTES = 2_000_000  # free space asked for the outputs, per video (as search asks for its results)
 NAME_LINE = re.compile(r"^\s*(person-\d+)\s*=\s*(\S.*?)\s*$")
 
 
@@ -53,10 +54,12 @@ def read_names(path: str | Path) -> dict[str, str]:
 
 
 def people(videos: list[str | Path], out_dir: str | Path, settings: IndexSettings, index_dir: str | Path,
-           names_file: str | Path | None = None, workers: int = 1, progress: Progress | None = None
-           ) -> dict[str, Any]:
-    """Find the people of the videos and write people.json, people.html, <stem>.rttm and <stem>.vtt."""
+           names_file: str | Path | None = None, workers: int = 1, progress: Progress | None = None,
+           notes: list[str] | None = None) -> dict[str, Any]:
+    """Find the people of the videos and write people.json, people.html, <stem>.rttm and <stem>.vtt (a damaged
+    video's warning goes to `notes`)."""
     names = read_names(names_file) if names_file is not None else {}
+    check_writable(out_dir, PEOPLE_BYTES * max(1, len(videos)))
     entries, index_summary = index_videos(list(videos), settings, index_dir, progress, workers)
     started = time.perf_counter()
     indexes = [read_entry(entry.path) for entry in entries]
@@ -85,17 +88,20 @@ def people(videos: list[str | Path], out_dir: str | Path, settings: IndexSetting
     }
     out_dir = Path(out_dir)
     by_path = dict(zip(paths, indexes))
-    with atomic_path(out_dir / "people.json") as tmp:
-        tmp.write_text(json.dumps(document, indent=1) + "\n")
-    with atomic_path(out_dir / "people.html") as tmp:
-        tmp.write_text(render_page(document, {p["id"]: track_thumbnails(p, by_path) for p in found}),
-                       encoding="utf-8")
-    for path in paths:
-        stem = Path(path).stem
-        with atomic_path(out_dir / f"{stem}.rttm") as tmp:
-            tmp.write_text(rttm(document, path))
-        with atomic_path(out_dir / f"{stem}.vtt") as tmp:
-            tmp.write_text(webvtt(document, path), encoding="utf-8")
+    page = render_page(document, {p["id"]: track_thumbnails(p, by_path) for p in found})
+    with disk_errors(out_dir):
+        with atomic_path(out_dir / "people.json") as tmp:
+            tmp.write_text(json.dumps(document, indent=1) + "\n")
+        with atomic_path(out_dir / "people.html") as tmp:
+            tmp.write_text(page, encoding="utf-8")
+        for path in paths:
+            stem = Path(path).stem
+            with atomic_path(out_dir / f"{stem}.rttm") as tmp:
+                tmp.write_text(rttm(document, path))
+            with atomic_path(out_dir / f"{stem}.vtt") as tmp:
+                tmp.write_text(webvtt(document, path), encoding="utf-8")
+    if notes is not None:
+        notes += [entry.warning for entry in entries if entry.warning]
     return document
 
 
