@@ -6,7 +6,9 @@ scores every face track and speech segment, and writes `out_dir/results.json` an
 
 results.json: {"query": {...}, "videos": [...], "hits": [...], "summary": {...}}; each hit has `video`,
 `start`, `end` (s), `score` (higher = more alike), `match` (score >= the threshold), `modality` (face,
-voice or both) and `track` ("face-<id>", "speech-<id>" or "speech-<id>+face-<id>"). Sorted by score.
+voice or speaking) and `track` ("face-<id>" or "speech-<id>"; a speaking hit also has `segment`). With a
+face query alone, voice hits come from her voice enrolled from her own speaking hits (`enrolled_from`).
+Sorted by score.
 """
 
 from __future__ import annotations
@@ -26,8 +28,12 @@ from stages.footage.face_embedding import DlibFaceEmbedder
 from stages.footage.index_store import VideoIndex, read_entry
 from stages.footage.settings import IndexSettings
 from stages.footage.indexing import check_video, index_videos
+from stages.footage.people_outputs import face_embedder_label, load_person, person_embeddings
 
 RESULTS_BYTES = 2_000_000  # free space asked for results.json and results.html (100 hits, thumbnails inline)
+
+# Seconds of her own speaking hits needed to enrol her voice from a face query (docs/search.md).
+ENROL_SECONDS = 3.0
 
 
 def _face_hits(index: VideoIndex, video: str, query: np.ndarray, embedder, threshold: float) -> list[dict]:
@@ -69,46 +75,95 @@ def _voice_hits(index: VideoIndex, video: str, query: np.ndarray, embedder: str,
     return hits
 
 
-def _both_hits(face_hits: list[dict], voice_hits: list[dict]) -> list[dict]:
-    """Seen & Heard: a speech segment heard while a face track is on screen, scored by both queries."""
+def _speaking_hits(index: VideoIndex, video: str, face_hits: list[dict], voice_hits: list[dict] | None
+                   ) -> list[dict]:
+    """Seen & Heard: each speech row given to a face track (active speaker detection), scored by the face
+    query, and with a voice query also by the voice (then a match needs both)."""
     by_track = {hit["track"]: hit for hit in face_hits}
+    by_segment = {hit["track"]: hit for hit in voice_hits or []}
+    speech = index.speech
     out = []
-    for voice in voice_hits:
-        for name in voice["faces"]:
-            face = by_track.get(name)
-            if face is None:
-                continue
-            start, end = max(voice["start"], face["start"]), min(voice["end"], face["end"])
-            if end - start <= 0:
-                continue
-            out.append({"video": voice["video"], "start": round(start, 3), "end": round(end, 3),
-                        "score": round((voice["score"] + face["score"]) / 2, 4),
-                        "match": bool(voice["match"] and face["match"]), "modality": "both",
-                        "track": f"{voice['track']}+{name}", "face_score": face["score"],
-                        "voice_score": voice["score"], "_thumbs": face["_thumbs"]})
+    for row in range(speech.num_rows):
+        speaker = speech["speaker_track"][row].as_py()
+        face = by_track.get(f"face-{speaker}") if speaker >= 0 else None
+        if face is None:
+            continue
+        segment = f"speech-{speech['segment'][row].as_py()}"
+        start = max(speech["start"][row].as_py(), face["start"])
+        end = min(speech["end"][row].as_py(), face["end"])
+        if end - start <= 0:
+            continue
+        hit = {"video": video, "start": round(start, 3), "end": round(end, 3), "score": face["score"],
+               "match": face["match"], "modality": "speaking", "track": face["track"], "segment": segment,
+               "face_score": face["score"], "speaker_score": round(float(speech["speaker_score"][row].as_py()), 4),
+               "_thumbs": face["_thumbs"]}
+        voice = by_segment.get(segment)
+        if voice is not None:
+            hit.update(score=round((face["score"] + voice["score"]) / 2, 4), voice_score=voice["score"],
+                       match=bool(face["match"] and voice["match"]))
+        out.append(hit)
     return out
+
+
+def _enrolled_voice(index: VideoIndex, speaking: list[dict]) -> tuple[np.ndarray | None, list[str], float]:
+    """Her voice from her own matched `speaking` hits: the duration-weighted mean of their segments'
+    embeddings (None under ENROL_SECONDS of speech), the segment ids and the seconds of speech used."""
+    rows = {f"speech-{s}": row for row, s in enumerate(index.speech["segment"].to_pylist())}
+    chosen = sorted({hit["segment"] for hit in speaking if hit["match"]}, key=lambda s: rows[s])
+    if not chosen:
+        return None, [], 0.0
+    matrix = index.voice_matrix()
+    weights = np.array([index.speech["end"][rows[s]].as_py() - index.speech["start"][rows[s]].as_py()
+                        for s in chosen])
+    seconds = float(weights.sum())
+    if seconds < ENROL_SECONDS:
+        return None, chosen, seconds
+    mean = (matrix[[rows[s] for s in chosen]] * weights[:, None]).sum(axis=0)
+    return mean / max(float(np.linalg.norm(mean)), 1e-9), chosen, seconds
 
 
 def search(videos: list[str | Path], out_dir: str | Path, settings: IndexSettings, index_dir: str | Path,
            face: str | Path | None = None, voice: str | Path | None = None, face_index: int | None = None,
            top: int = 100, face_threshold: float | None = None, voice_threshold: float | None = None,
-           workers: int = 1, progress: Progress | None = None, notes: list[str] | None = None) -> dict[str, Any]:
-    """Run a search; returns the results (also written to out_dir/results.json and results.html)."""
+           workers: int = 1, progress: Progress | None = None, notes: list[str] | None = None,
+           person: str | None = None) -> dict[str, Any]:
+    """Run a search; returns the results (also written to out_dir/results.json and results.html). `person`
+    (`people.json:person-N` or `:Name`) queries with the face and voice embeddings `apes-cli people` found."""
     from stages.footage.face_embedding import face_embedder
     from stages.footage.html_page import render
     from stages.footage.photo import query_face
     from stages.footage.speech import embed_clip
 
-    if face is None and voice is None:
-        raise ConfigError("--face/--voice", "give a face photo, a voice clip, or both", "command line")
+    if face is None and voice is None and person is None:
+        raise ConfigError("--face/--voice", "give a face photo, a voice clip, both, or --person", "command line")
+    if person is not None and (face is not None or voice is not None):
+        raise ConfigError("--person", "expected --person alone (it brings its own face and voice)", "command line")
     if top < 1:
         raise ConfigError("--top", "expected >= 1", "command line")
     settings = settings.resolved()
     query: dict[str, Any] = {}
     face_query = embedder = voice_embedding = None
+    face_vector = None
+    if person is not None:
+        found = load_person(person)
+        embedder = face_embedder(settings.model)
+        if found["embedders"]["face"] != face_embedder_label(settings):
+            raise DataError(found["file"], f"its faces were embedded by {found['embedders']['face']}; expected the "
+                                           "index settings it was made with (same --model)", field="embedders")
+        if found["embedders"].get("voice") != settings.voice_embedder:
+            raise DataError(found["file"], f"its voices were embedded by {found['embedders'].get('voice')}; expected "
+                                           f"{settings.voice_embedder} (the same --voice-embedder)", field="embedders")
+        face_vector, voice_embedding = person_embeddings(found)
+        face_threshold = embedder.threshold if face_threshold is None else face_threshold
+        query["person"] = {"file": found["file"], "id": found["id"], "name": found.get("name"),
+                           "face": face_vector is not None, "voice": voice_embedding is not None,
+                           "face_threshold": face_threshold,
+                           "voice_threshold": voice_score_threshold(settings.voice_embedder, voice_threshold),
+                           "voice_rule": voice_rule(settings.voice_embedder, voice_threshold)}
     if face is not None:
         embedder = face_embedder(settings.model)
         face_query = query_face(face, embedder, face_index)
+        face_vector = face_query.embedding
         if face_query.note and notes is not None:
             notes.append(face_query.note)
         face_threshold = embedder.threshold if face_threshold is None else face_threshold
@@ -141,13 +196,23 @@ def search(videos: list[str | Path], out_dir: str | Path, settings: IndexSetting
     started = time.perf_counter()
     hits: list[dict] = []
     video_rows = []
+    enrolment: list[dict] = []
     for entry in entries:
         index = read_entry(entry.path)
         name = str(entry.video)
-        face_hits = _face_hits(index, name, face_query.embedding, embedder, face_threshold) if face_query else []
+        face_hits = _face_hits(index, name, face_vector, embedder, face_threshold) if face_vector is not None else []
         voice_hits = (_voice_hits(index, name, voice_embedding, settings.voice_embedder, voice_threshold)
-                      if voice is not None else [])
-        hits += face_hits + voice_hits + (_both_hits(face_hits, voice_hits) if face_query and voice_hits else [])
+                      if voice_embedding is not None else [])
+        speaking = _speaking_hits(index, name, face_hits, voice_hits if voice_embedding is not None else None)
+        if face_vector is not None and voice_embedding is None:  # her voice, from her own speaking hits
+            enrolled, segments, seconds = _enrolled_voice(index, speaking)
+            enrolment.append({"video": name, "segments": segments, "speech_seconds": round(seconds, 2),
+                              "enrolled": enrolled is not None})
+            if enrolled is not None:
+                voice_hits = _voice_hits(index, name, enrolled, settings.voice_embedder, voice_threshold)
+                for hit in voice_hits:
+                    hit["enrolled_from"] = segments
+        hits += face_hits + voice_hits + speaking
         meta = entry.meta
         video_rows.append({"path": name, "sha256": entry.digest, "index": str(entry.path),
                            "indexed_now": entry.built, "duration": meta["duration"], "width": meta["width"],
@@ -155,6 +220,11 @@ def search(videos: list[str | Path], out_dir: str | Path, settings: IndexSetting
                            "complete": meta["complete"], "damage": meta["damage"], "tracks": meta["tracks"],
                            "speech_segments": meta["speech_segments"], "cuts": len(meta["cuts"]),
                            "index_seconds": meta["timings"]["total_seconds"]})
+    if enrolment:
+        query["enrolled_voice"] = {"from": "the face query's own speaking hits (matched)", "min_seconds": ENROL_SECONDS,
+                                   "embedder": settings.voice_embedder,
+                                   "threshold": voice_score_threshold(settings.voice_embedder, voice_threshold),
+                                   "rule": voice_rule(settings.voice_embedder, voice_threshold), "videos": enrolment}
     hits.sort(key=lambda h: (-h["score"], h["video"], h["start"]))
     hits = hits[:top]
     query_seconds = time.perf_counter() - started
