@@ -27,7 +27,7 @@ def run(settings: PretrainedBaselineParams, modality: Modality, task: Task, crop
     `modality` is a key of PRETRAINED_MODELS; face runs dlib on `workers` processes (0: one per core)."""
     started = time.perf_counter()
     check_task_fits(modality, task)
-    if modality is Modality.face:
+    if modality == Modality.face:
         table = face_embeddings(crops_dir, mels_dir, "val", task, settings.crops_per_track,
                                 resolve_workers(workers), progress)
     else:

@@ -376,11 +376,11 @@ def test_a_network_trained_by_the_pipeline_replaces_the_face_descriptor(footage:
 
     from stages.learning.models import build_model, checkpoint_payload
     model = build_model("face", normalize=True)
-    model.meta = {"run": "face_within_seen_heard_s0", "crop_size": 64}
+    meta = {"run": "face_within_seen_heard_s0", "crop_size": 64, "crop_margin": 0.1, "crop_fill": "black"}
     torch.manual_seed(0)
     path = tmp_path / "face_within_seen_heard_s0" / "model.pt"
     path.parent.mkdir()
-    torch.save(checkpoint_payload(model), path)
+    torch.save(checkpoint_payload(model, meta), path)
     index = tmp_path / "index"
     result = runner.invoke(app, ["search", str(footage["video"]), "--face", str(footage["photo"]), "--model", str(path),
                                  "--index-dir", str(index), "--out", str(tmp_path / "out")])

@@ -6,6 +6,7 @@ Stable API (used by the evaluate stage): `build_model(modality, normalize=False,
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -146,10 +147,11 @@ def start_stream_from(model: Embedder, stream: str, checkpoint: str | Path) -> N
     getattr(model, stream).load_state_dict(source.state_dict())
 
 
-def checkpoint_payload(model: Embedder) -> dict[str, Any]:
-    """What model.pt holds: format, modality, normalisation, weights and run facts."""
-    return {"format": CHECKPOINT_FORMAT, "modality": model.modality, "normalize": model.normalize,
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "meta": dict(model.meta)}
+def checkpoint_payload(model: Embedder, meta: dict[str, Any]) -> dict[str, Any]:
+    """What model.pt holds: format, modality, normalisation, weights and the run's facts (`meta`: plain values)."""
+    return {"format": CHECKPOINT_FORMAT, "modality": str(model.modality), "normalize": model.normalize,
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "meta": {k: str(v) if isinstance(v, StrEnum) else v for k, v in meta.items()}}
 
 
 def load_checkpoint(path: str | Path) -> Embedder:
