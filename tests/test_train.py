@@ -41,6 +41,7 @@ from stages.learning.feed import Feed, fits_on
 from stages.learning.losses import TripletLoss
 from stages.learning.models import build_model, load_checkpoint
 from stages.learning.pool import STREAMS
+from stages.learning.resnet import ResNet18
 from stages.learning.tracklets import read_tracklet_table
 from stages.train import (
     Schedule,
@@ -251,6 +252,20 @@ def test_imagenet_weights_map_into_both_streams(tmp_path: Path) -> None:
     torch.save({"something": torch.zeros(1)}, tmp_path / "other.pth")
     with pytest.raises(DataError, match="not a torchvision ResNet-18"):
         build_model("voice", pretrained=str(tmp_path / "other.pth"))
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_the_local_resnet18_is_torchvisions_weight_for_weight(seed: int) -> None:
+    torch.manual_seed(seed)
+    theirs = resnet18(weights=None)
+    after_theirs = torch.rand(4)  # the same random draws were taken: what follows stays seeded alike
+    torch.manual_seed(seed)
+    ours = ResNet18()
+    assert torch.equal(torch.rand(4), after_theirs)
+    mine, reference = ours.state_dict(), theirs.state_dict()
+    assert list(mine) == list(reference) and all(torch.equal(mine[k], reference[k]) for k in reference)
+    images = torch.randn(2, 3, 64, 64)
+    assert torch.equal(ours.eval()(images), theirs.eval()(images))
 
 
 def test_checkpoint_errors_name_the_file(tmp_path: Path) -> None:

@@ -13,9 +13,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import resnet18
 
 from stages.core.errors import ConfigError, DataError
+from stages.learning.resnet import ResNet18
 
 EMBEDDING_DIM = 512
 CHECKPOINT_FORMAT = "apes-model-1"
@@ -26,7 +26,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def _trunk(in_channels: int) -> nn.Module:
     """ResNet-18 without its classifier: 512-d average-pooled features."""
-    net = resnet18(weights=None)
+    net = ResNet18()
     if in_channels != 3:
         net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
     net.fc = nn.Identity()
