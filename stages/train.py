@@ -375,7 +375,7 @@ def run_facts(spec: Run, epochs: int, crop: dict[str, Any]) -> dict[str, Any]:
             **crop}
 
 
-def fit(trainer: Trainer, data: Data, feed: Feed, done: Progression, *, spec: Run, settings: TrainParams,
+def fit(trainer: Trainer, data: Data, feed: Feed, done: Progression, *, spec: Run, val_every: int, workers: int,
         signature: dict[str, Any], run_dir: Path, history_path: Path, eval_batch_size: int, where: Path,
         started: float, progress: Progress) -> tuple[list[dict[str, float]], int, float]:
     """The epoch loop from where `done` left off: train, validate when due, write last.pt and the history.
@@ -387,13 +387,12 @@ def fit(trainer: Trainer, data: Data, feed: Feed, done: Progression, *, spec: Ru
         epoch_started = time.perf_counter()
         keys = [(epoch, step) for step in range(schedule.steps_per_epoch)]
         batches = feed.batches(keys)
-        if settings.workers and world.device.type == "cpu":
-            batches = zip(keys, torch.utils.data.DataLoader(feed, batch_size=None, sampler=keys,
-                                                            num_workers=settings.workers))
+        if workers and world.device.type == "cpu":
+            batches = zip(keys, torch.utils.data.DataLoader(feed, batch_size=None, sampler=keys, num_workers=workers))
         loss, seen = trainer.train_epoch(batches, progress)
         samples, train_seconds = samples + seen, train_seconds + time.perf_counter() - epoch_started
         val_map = float("nan")
-        if world.leader and validation_due(epoch, schedule.epochs, settings.val_every):
+        if world.leader and validation_due(epoch, schedule.epochs, val_every):
             val_map = validation_map(trainer.model, data.val_store, world.device, eval_batch_size, trainer.bf16, where)
         history.append({"epoch": epoch + 1, "loss": loss, "val_mAP": val_map,
                         "seconds": round(done.seconds_before + time.perf_counter() - started, 2)})
@@ -450,9 +449,9 @@ def run(settings: TrainParams, spec: Run, crops_dir: str | Path, mels_dir: str |
     done = trainer.resume(run_dir / "last.pt", signed) if resume else Progression()
     feed = Feed(data.store, data.sampler, spec.seed, world.device, world.rank, world.size)
     history, samples, train_seconds = fit(
-        trainer, data, feed, done, spec=spec, settings=settings, signature=signed, run_dir=run_dir,
-        history_path=Path(history_path), eval_batch_size=eval_batch_size, where=Path(crops_dir) / "val",
-        started=started, progress=progress)
+        trainer, data, feed, done, spec=spec, val_every=settings.val_every, workers=settings.workers,
+        signature=signed, run_dir=run_dir, history_path=Path(history_path), eval_batch_size=eval_batch_size,
+        where=Path(crops_dir) / "val", started=started, progress=progress)
     if world.leader:
         _save(run_dir / "model.pt", checkpoint_payload(trainer.model, run_facts(spec, history[-1]["epoch"], data.crop)))
         # last.pt (weights + Adam moments: 3x model.pt) only serves an unfinished run; DVC would cache it too
