@@ -57,6 +57,8 @@ def render(results: dict[str, Any], thumbnails: list[list[bytes]], query_face: b
                      f"match when score &ge; {q['threshold']:.2f})")
     videos = results["videos"]
     lines.append(f"{len(videos)} video(s): " + ", ".join(esc(Path(v["path"]).name) for v in videos))
+    lines += [f"<strong>{esc(Path(v['path']).name)}: {esc(v['damage']['message'])}</strong>"
+              for v in videos if v.get("damage")]
     summary = results["summary"]
     lines.append(f"{summary['matches']} match(es) among {summary['hits']} listed hit(s)")
     parts.append("<div>" + "<br>".join(lines) + "</div></section>")
