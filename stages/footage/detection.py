@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 
 from stages.core.errors import ApesError
-from stages.media.face_crop import crop_rgb
 
 FIVE_POINT = "shape_predictor_5_face_landmarks.dat"
 RESNET = "dlib_face_recognition_resnet_model_v1.dat"
@@ -74,5 +73,3 @@ def face_chip(rgb: np.ndarray, face: Face, size: int = 150, padding: float = 0.2
     import dlib
     return np.asarray(dlib.get_face_chip(np.ascontiguousarray(rgb), face.shape, size=size, padding=padding))
 
-
-square_crop = crop_rgb  # the name indexing.py's thumbnails use: the crop stage's geometry, black outside the frame
