@@ -55,6 +55,10 @@ def render(results: dict[str, Any], thumbnails: list[list[bytes]], query_face: b
         q = query["voice"]
         lines.append(f"Voice: {esc(Path(q['clip']).name)} ({q['speech_seconds']:.1f} s of speech; "
                      f"match when score &ge; {q['threshold']:.2f})")
+    if "person" in query:
+        q = query["person"]
+        lines.append(f"Person: {esc(q['name'] or q['id'])} of {esc(q['file'])} (face: {'yes' if q['face'] else 'no'}, "
+                     f"voice: {'yes' if q['voice'] else 'no'})")
     videos = results["videos"]
     lines.append(f"{len(videos)} video(s): " + ", ".join(esc(Path(v["path"]).name) for v in videos))
     lines += [f"<strong>{esc(Path(v['path']).name)}: {esc(v['damage']['message'])}</strong>"
