@@ -69,7 +69,7 @@ def assert_times(results: dict, face: tuple[float, float], voice_start: float) -
     assert len(faces) == 1, results["hits"]
     assert abs(faces[0][0] - face[0]) <= TOLERANCE and abs(faces[0][1] - face[1]) <= TOLERANCE, faces
     assert voices and abs(voices[0][0] - voice_start) <= TOLERANCE, voices
-    both = matched(results, "both")  # Seen & Heard: the voice while the face is on screen
+    both = matched(results, "speaking")  # Seen & Heard: the voice given to the face on screen
     assert both and abs(both[0][0] - max(face[0], voice_start)) <= TOLERANCE, both
 
 

@@ -29,6 +29,7 @@ from stages.media.video_io import VideoInfo, probe
 if TYPE_CHECKING:  # the modules below load the models' packages, which a reused index does not need
     from stages.footage.face_pass import Faces
     from stages.footage.frames import Timeline
+    from stages.footage.speakers import SpeechPart
     from stages.footage.speech import CutsKnown, Soundtrack
 
 INDEX_BASE_BYTES, INDEX_BYTES_PER_MINUTE = 1_000_000, 500_000  # free space asked for before indexing
@@ -137,6 +138,7 @@ class _Analysis:
 
     faces: Faces
     soundtrack: Soundtrack
+    speech: list[SpeechPart]   # the rows of speech.parquet: segments, split where the speaker changes
     timeline: Timeline
     embedder_name: str
     face_dim: int
@@ -170,18 +172,16 @@ def _analyse(info: VideoInfo, settings: IndexSettings, tick: Callable[[float], N
     main_cpu = time.thread_time() - main_cpu
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     soundtrack = audio.outcome()
+    ffmpeg_cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
+    speech, asd_counters = _speakers(info, soundtrack.segments, faces.tracks)
     timings = {"faces_seconds": faces_seconds, "audio_seconds": audio.seconds, "faces_thread_cpu": main_cpu,
-               "audio_thread_cpu": audio.cpu,
-               "ffmpeg_cpu": (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime),
-               **faces.counters}
-    return _Analysis(faces, soundtrack, source.timeline, embedder.name, int(embedder.dim), timings)
+               "audio_thread_cpu": audio.cpu, "ffmpeg_cpu": ffmpeg_cpu, **faces.counters, **asd_counters}
+    return _Analysis(faces, soundtrack, speech, source.timeline, embedder.name, int(embedder.dim), timings)
 
 
 def _tables(digest: str, analysis: _Analysis) -> tuple[pa.Table, pa.Table]:
-    """faces.parquet and speech.parquet of one video; each speech segment linked to the faces on screen."""
-    from stages.footage.association import associate
-    tracks, segments = analysis.faces.tracks, analysis.soundtrack.segments
-    links = associate([(s.start, s.end) for s in segments], [(t.track_id, t.start, t.end) for t in tracks])
+    """faces.parquet and speech.parquet of one video; each speech row with the faces on screen and its speaker."""
+    tracks, parts = analysis.faces.tracks, analysis.speech
     faces = pa.table({
         "video_sha256": pa.array([digest] * len(tracks), pa.string()),
         "track": pa.array([t.track_id for t in tracks], pa.int32()),
@@ -197,13 +197,14 @@ def _tables(digest: str, analysis: _Analysis) -> tuple[pa.Table, pa.Table]:
         "thumbnail": pa.array([t.thumb for t in tracks], pa.binary()),
     }, schema=FACES)
     speech = pa.table({
-        "video_sha256": pa.array([digest] * len(segments), pa.string()),
-        "segment": pa.array(range(len(segments)), pa.int32()),
-        "start": pa.array([s.start for s in segments], pa.float64()),
-        "end": pa.array([s.end for s in segments], pa.float64()),
-        "embedding": list_column([s.embedding for s in segments]),
-        "visible_tracks": list_column([ids for ids, _ in links], pa.int32()),
-        "speaker_track": pa.array([speaker for _, speaker in links], pa.int32()),
+        "video_sha256": pa.array([digest] * len(parts), pa.string()),
+        "segment": pa.array(range(len(parts)), pa.int32()),
+        "start": pa.array([p.start for p in parts], pa.float64()),
+        "end": pa.array([p.end for p in parts], pa.float64()),
+        "embedding": list_column([p.embedding for p in parts]),
+        "visible_tracks": list_column([p.visible for p in parts], pa.int32()),
+        "speaker_track": pa.array([p.speaker for p in parts], pa.int32()),
+        "speaker_score": pa.array([p.score for p in parts], pa.float32()),
     }, schema=SPEECH)
     return faces, speech
 
@@ -222,7 +223,7 @@ def _meta(video: Path, digest: str, info: VideoInfo, settings: IndexSettings, an
         "has_audio": info.has_audio, "complete": damage is None, "damage": damage,
         "cuts": [round(c, 3) for c in faces.cuts], "settings": dataclasses.asdict(settings),
         "settings_key": settings.key(), "models": {**model_versions(), "face_embedder": analysis.embedder_name},
-        "face_dim": analysis.face_dim, "tracks": len(faces.tracks), "speech_segments": len(soundtrack.segments),
+        "face_dim": analysis.face_dim, "tracks": len(faces.tracks), "speech_segments": len(analysis.speech),
         "speech_seconds": round(soundtrack.speech_seconds, 2),
         "timings": {k: round(v, 2) if isinstance(v, float) else v for k, v in timings.items()},
     }
@@ -243,6 +244,19 @@ def build_entry(video: str | Path, settings: IndexSettings, index_dir: str | Pat
     faces, speech = _tables(digest, analysis)
     write_entry(final, _meta(video, digest, info, settings, analysis, time.perf_counter() - started), faces, speech)
     return Entry(video, digest, final, True, read_entry(final).meta)
+
+
+def _speakers(info: VideoInfo, segments: list, tracks: list) -> tuple[list[SpeechPart], dict]:
+    """The faces on screen during each speech segment and the one speaking it (stages/footage/speakers.py)."""
+    import numpy as np
+
+    from stages.footage.association import associate
+    from stages.footage.speakers import FaceTrackPath, assign_speakers
+    from stages.footage.speech import embed_audio
+    visible = associate([(s.start, s.end) for s in segments], [(t.track_id, t.start, t.end) for t in tracks])
+    paths = [FaceTrackPath(t.track_id, t.start, t.end, np.asarray(t.times, np.float64),
+                           np.asarray(t.boxes, np.float64).reshape(-1, 4)) for t in tracks]
+    return assign_speakers(info, segments, visible, paths, embed_audio)
 
 
 def _worker(video: str, settings: IndexSettings, index_dir: str) -> tuple[str, Any]:
