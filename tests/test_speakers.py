@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from apes_cli.main import app
 from stages.footage.speakers import decide
-from stages.media.active_speaker import mouth_box, mouth_crops, speaking_scores, sync
+from stages.media.active_speaker import MAX_OFFSET, mouth_box, mouth_crops, speaking_scores, sync
 from stages.media.video_io import ffmpeg_exe, probe
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -169,6 +169,19 @@ def test_sync_prefers_the_mouth_in_time_and_finds_the_offset() -> None:
     scores = speaking_scores(in_sync, np.concatenate([audio[:audio.size // 2], np.zeros(audio.size // 2,
                                                                                          np.float32)]), FPS)
     assert scores[:40].mean() > 0.3 and np.all(scores[-40:] == 0)  # silence: nobody speaks audibly
+
+
+def test_a_speaker_scores_as_well_at_the_edges_of_a_span_as_inside_it() -> None:
+    """At a shot start the window cannot reach back: it slides inward instead of halving, and the speaking
+    mouth beats one that moves to other speech there too, not only mid-span."""
+    audio, envelope = _speech_like(6.0, 3)
+    speaking = sync(mouth_crops(*_mouth_frames(envelope)), audio, FPS).frame_scores
+    other = sync(mouth_crops(*_mouth_frames(_speech_like(6.0, 4)[1])), audio, FPS).frame_scores
+    middle = float(np.median(speaking[FPS * 2:FPS * 4]))
+    reach = int(MAX_OFFSET * FPS)  # frames the offset search may leave unpaired (scored 0) at either end
+    for edge in (slice(reach, FPS // 2 + reach), slice(-FPS // 2 - reach, -reach)):
+        assert speaking[edge].min() >= 0.8 * middle, (speaking[edge], middle)
+        assert (speaking[edge] - other[edge]).min() >= 0.1, (speaking[edge], other[edge])
 
 
 def test_mouth_is_placed_in_the_lower_middle_of_the_box_or_from_landmarks() -> None:
