@@ -141,11 +141,18 @@ def build(cache: Path) -> dict:
     return data
 
 
-def quality(entry: dict, matches: np.ndarray) -> tuple[float, float]:
-    """Mean over people of time-overlap precision and recall; matches: (people, segments) bool."""
+def quality(entry: dict, matches: np.ndarray, turns: bool = True) -> tuple[float, float]:
+    """Mean over people of time-overlap precision and recall; matches: (people, segments) bool. `turns`:
+    a match counts with its turn span, as search reports it (decision.turn_spans), else its bare segment."""
+    from stages.footage.decision import turn_spans
+    starts, ends = (np.array([seg[i] for seg in entry["segments"]]) for i in (0, 1))
     precisions, recalls = [], []
     for k, person in enumerate(entry["people"]):
-        found = merged([seg for seg, m in zip(entry["segments"], matches[k]) if m])
+        if turns:
+            lo, hi = turn_spans(starts, ends, matches[k], float(ends.max()) + 1.0)
+        else:
+            lo, hi = starts, ends
+        found = merged([(a, b) for a, b, m in zip(lo, hi, matches[k]) if m])
         p, r = precision_recall(found, merged(entry["truth"][person]))
         precisions.append(p)
         recalls.append(r)
@@ -265,7 +272,7 @@ def check_video() -> None:
 
 def main() -> None:
     """EER and precision/recall at each embedder's default decision, on both parts; the rules compared."""
-    from stages.footage.decision import score_voice
+    from stages.footage.decision import in_turns, score_voice
     parser = argparse.ArgumentParser()
     parser.add_argument("--cache", type=Path, default=Path("/tmp/voice_decision.npz"))
     parser.add_argument("--timing", action="store_true", help="also time both embedders (CPU per s of speech)")
@@ -277,13 +284,18 @@ def main() -> None:
     for part, entry in data.items():
         truth = labels(entry)
         seconds = np.array([b - a for a, b in entry["segments"]])
-        ceiling = quality(entry, np.ones(truth.shape, bool))[1]
+        ceiling = quality(entry, np.ones(truth.shape, bool), turns=False)[1]
         for name in EMBEDDERS:
             segments, queries = entry[f"{name}/segments"], entry[f"{name}/queries"]
-            decided = [score_voice(q, segments, seconds, name) for q in queries]
+            starts, ends = (np.array([seg[i] for seg in entry["segments"]]) for i in (0, 1))
+            alone = [score_voice(q, segments, seconds, name) for q in queries]
+            decided = [in_turns(d, starts, ends) for d in alone]
             raw = np.stack([d.raw for d in decided])
+            p, r = quality(entry, np.stack([d.match for d in alone]), turns=False)
+            print(f"| {part} | {name} | default, bare segments (before turns) | {eer(raw, truth):.3f} | {p:.3f} | "
+                  f"{r:.3f} |")
             p, r = quality(entry, np.stack([d.match for d in decided]))
-            print(f"| {part} | {name} | default | {eer(raw, truth):.3f} | {p:.3f} | {r:.3f} |")
+            print(f"| {part} | {name} | default, turns (search's hits) | {eer(raw, truth):.3f} | {p:.3f} | {r:.3f} |")
             normed = np.stack([asnorm(q, segments) for q in queries])
             best = max((quality(entry, normed >= t) for t in np.unique(normed)), key=lambda pr: min(pr[0], pr[1]))
             print(f"| {part} | {name} | AS-norm (best threshold in hindsight) | {eer(normed, truth):.3f} | "

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from apes_cli.main import app
 from stages.footage import campplus_numpy, voice_campplus
-from stages.footage.decision import score_face, score_voice, voice_threshold
+from stages.footage.decision import EDGE_PAD, in_turns, score_face, score_voice, turn_spans, voice_threshold
 from stages.footage.speech import read_clip
 from stages.footage.voice_embedders import voice_embedder
 
@@ -93,3 +93,32 @@ def test_both_embedders_give_unit_vectors(name: str) -> None:
     embedder = voice_embedder(name)
     vector = embedder.embed_query(voice_piece("speaker91", 1))
     assert vector.shape == (embedder.dim,) and abs(float(np.linalg.norm(vector)) - 1) < 1e-5
+
+
+def test_a_short_segment_across_a_pause_from_a_match_is_judged_as_part_of_her_turn() -> None:
+    starts, ends = np.array([0.0, 2.3, 4.0, 6.0]), np.array([2.0, 2.8, 4.5, 6.5])  # 2 s, then three of 0.5 s
+    rows = np.eye(4, dtype=np.float32)
+    query = np.array([0.7, 0.45, 0.45, 0.45], np.float32)  # the short ones under 0.50, over 0.40
+    query /= np.linalg.norm(query)
+    alone = score_voice(query, rows, ends - starts)
+    turned = in_turns(alone, starts, ends)
+    # 0.3 s after a match: her turn; 1.2 s after it (not a match itself): not; 1.5 s after that: not
+    assert alone.match.tolist() == [True, False, False, False]
+    assert turned.match.tolist() == [True, True, False, False]
+    assert np.all((turned.score >= 0.5) == turned.match) and np.allclose(turned.raw, alone.raw)
+    # a neighbour split off at a voice change (no pause) is another voice: no context
+    touching = in_turns(alone, np.array([0.0, 2.0, 4.0, 6.0]), ends)
+    assert touching.match.tolist() == [True, False, False, False]
+    fixed = score_voice(query, rows, ends - starts, fixed=0.5)
+    assert in_turns(fixed, starts, ends) is fixed
+
+
+def test_a_turn_span_runs_through_short_pauses_and_stops_before_other_speech() -> None:
+    starts = np.array([1.0, 2.3, 3.5, 5.0, 5.1])
+    ends = np.array([2.0, 3.5, 4.0, 5.06, 6.0])
+    match = np.array([True, True, False, False, True])
+    lo, hi = turn_spans(starts, ends, match, duration=6.02)
+    assert np.isclose(lo[0], 1.0 - EDGE_PAD) and np.isclose(hi[0], 2.3)   # through the 0.3 s pause
+    assert np.isclose(lo[1], 2.3) and np.isclose(hi[1], 3.5)              # touches another voice: no pad
+    assert np.isclose(lo[4], 5.08) and np.isclose(hi[4], 6.02)            # half the 0.04 s pause; the file's end
+    assert np.allclose(lo[2:4], starts[2:4]) and np.allclose(hi[2:4], ends[2:4])  # not matched: bare segments

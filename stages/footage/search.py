@@ -23,7 +23,8 @@ import numpy as np
 from stages.core.atomic import atomic_path, check_writable, disk_errors
 from stages.core.errors import ConfigError, DataError
 from stages.core.progress import Progress
-from stages.footage.decision import Decision, score_face, score_voice, voice_rule, voice_score_threshold
+from stages.footage.decision import (Decision, in_turns, score_face, score_voice, turn_spans, voice_rule,
+                                     voice_score_threshold)
 from stages.footage.face_embedding import DlibFaceEmbedder
 from stages.footage.index_store import VideoIndex, read_entry
 from stages.footage.settings import IndexSettings
@@ -55,16 +56,20 @@ def _face_hits(index: VideoIndex, video: str, query: np.ndarray, embedder, thres
 
 
 def _voice_hits(index: VideoIndex, video: str, query: np.ndarray, embedder: str,
-                fixed: float | None) -> list[dict]:
+                fixed: float | None, duration: float) -> list[dict]:
+    """Every speech segment scored against `query`; a match's `start`/`end` is its turn (decision.turn_spans),
+    `speech` the segment's own speech."""
     if index.speech.num_rows == 0:
         return []
     speech, thumbs = index.speech, dict(zip(index.faces["track"].to_pylist(), index.faces["thumbnail"].to_pylist()))
-    seconds = np.asarray(speech["end"].to_pylist()) - np.asarray(speech["start"].to_pylist())
-    decision = score_voice(query, index.voice_matrix(), seconds, embedder, fixed)
+    starts, ends = np.asarray(speech["start"].to_pylist()), np.asarray(speech["end"].to_pylist())
+    decision = in_turns(score_voice(query, index.voice_matrix(), ends - starts, embedder, fixed), starts, ends)
+    span_starts, span_ends = turn_spans(starts, ends, decision.match, duration)
     hits = []
     for row, (score, raw, match) in enumerate(zip(decision.score, decision.raw, decision.match)):
         visible = speech["visible_tracks"][row].as_py()
-        hits.append({"video": video, "start": speech["start"][row].as_py(), "end": speech["end"][row].as_py(),
+        hits.append({"video": video, "start": round(float(span_starts[row]), 3),
+                     "end": round(float(span_ends[row]), 3), "speech": [float(starts[row]), float(ends[row])],
                      "score": round(float(score), 4), "raw": round(float(raw), 4), "match": bool(match),
                      "modality": "voice",
                      "track": f"speech-{speech['segment'][row].as_py()}",
@@ -201,7 +206,8 @@ def search(videos: list[str | Path], out_dir: str | Path, settings: IndexSetting
         index = read_entry(entry.path)
         name = str(entry.video)
         face_hits = _face_hits(index, name, face_vector, embedder, face_threshold) if face_vector is not None else []
-        voice_hits = (_voice_hits(index, name, voice_embedding, settings.voice_embedder, voice_threshold)
+        duration = entry.meta["duration"]
+        voice_hits = (_voice_hits(index, name, voice_embedding, settings.voice_embedder, voice_threshold, duration)
                       if voice_embedding is not None else [])
         speaking = _speaking_hits(index, name, face_hits, voice_hits if voice_embedding is not None else None)
         if face_vector is not None and voice_embedding is None:  # her voice, from her own speaking hits
@@ -209,7 +215,7 @@ def search(videos: list[str | Path], out_dir: str | Path, settings: IndexSetting
             enrolment.append({"video": name, "segments": segments, "speech_seconds": round(seconds, 2),
                               "enrolled": enrolled is not None})
             if enrolled is not None:
-                voice_hits = _voice_hits(index, name, enrolled, settings.voice_embedder, voice_threshold)
+                voice_hits = _voice_hits(index, name, enrolled, settings.voice_embedder, voice_threshold, duration)
                 for hit in voice_hits:
                     hit["enrolled_from"] = segments
         hits += face_hits + voice_hits + speaking
