@@ -2,7 +2,7 @@
 
 <index-dir>/<sha256[:16]>-<settings key>/
     faces.parquet    one row per face track: times, boxes, chip embeddings, pooled embedding, thumbnail
-    speech.parquet   one row per speech segment: times, embedding, visible tracks, speaker track
+    speech.parquet   one row per speech segment: times, embedding, visible tracks, speaker track and score
     meta.json        video facts (path when indexed, fps, size, duration, cuts), settings, models, timings
 A whole collection reads as one table: duckdb.sql("select * from '.apes-index/*/faces.parquet'").
 Each folder is written under a temporary name and renamed into place: never half-written.
@@ -45,7 +45,8 @@ SPEECH = pa.schema([
     ("end", pa.float64()),
     ("embedding", pa.list_(pa.float32())),
     ("visible_tracks", pa.list_(pa.int32())),
-    ("speaker_track", pa.int32()),            # -1: no single visible face
+    ("speaker_track", pa.int32()),            # -1: nobody on screen is speaking it (stages/footage/speakers.py)
+    ("speaker_score", pa.float32()),          # the speaker's synchrony (the best face's when no speaker)
 ])
 
 

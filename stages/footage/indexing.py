@@ -184,6 +184,7 @@ def build_entry(video: str | Path, settings: IndexSettings, index_dir: str | Pat
     segments, speech_seconds = audio["value"]
     audio_seconds = audio["seconds"]
     links = associate([(s.start, s.end) for s in segments], [(t.track_id, t.start, t.end) for t in tracks])
+    parts, asd_counters = _speakers(info, segments, [ids for ids, _ in links], tracks)
     faces = pa.table({
         "video_sha256": pa.array([digest] * len(tracks), pa.string()),
         "track": pa.array([t.track_id for t in tracks], pa.int32()),
@@ -199,13 +200,14 @@ def build_entry(video: str | Path, settings: IndexSettings, index_dir: str | Pat
         "thumbnail": pa.array([t.thumb for t in tracks], pa.binary()),
     }, schema=FACES)
     speech = pa.table({
-        "video_sha256": pa.array([digest] * len(segments), pa.string()),
-        "segment": pa.array(range(len(segments)), pa.int32()),
-        "start": pa.array([s.start for s in segments], pa.float64()),
-        "end": pa.array([s.end for s in segments], pa.float64()),
-        "embedding": list_column([s.embedding for s in segments]),
-        "visible_tracks": list_column([ids for ids, _ in links], pa.int32()),
-        "speaker_track": pa.array([speaker for _, speaker in links], pa.int32()),
+        "video_sha256": pa.array([digest] * len(parts), pa.string()),
+        "segment": pa.array(range(len(parts)), pa.int32()),
+        "start": pa.array([p.start for p in parts], pa.float64()),
+        "end": pa.array([p.end for p in parts], pa.float64()),
+        "embedding": list_column([p.embedding for p in parts]),
+        "visible_tracks": list_column([p.visible for p in parts], pa.int32()),
+        "speaker_track": pa.array([p.speaker for p in parts], pa.int32()),
+        "speaker_score": pa.array([p.score for p in parts], pa.float32()),
     }, schema=SPEECH)
     total = time.perf_counter() - started
     meta = {
@@ -213,15 +215,25 @@ def build_entry(video: str | Path, settings: IndexSettings, index_dir: str | Pat
         "height": info.height, "duration": round(duration, 3), "has_audio": info.has_audio,
         "cuts": [round(c, 3) for c in cuts], "settings": dataclasses.asdict(settings),
         "settings_key": settings.key(), "models": {**model_versions(), "face_embedder": embedder.name},
-        "face_dim": int(embedder.dim), "tracks": len(tracks), "speech_segments": len(segments),
+        "face_dim": int(embedder.dim), "tracks": len(tracks), "speech_segments": len(parts),
         "speech_seconds": round(speech_seconds, 2),
         "timings": {"faces_seconds": round(faces_seconds, 2), "audio_seconds": round(audio_seconds, 2),
                     "total_seconds": round(total, 2), "faces_thread_cpu": round(main_cpu, 2),
                     "audio_thread_cpu": round(audio.get("cpu", 0.0), 2), "ffmpeg_cpu": round(ffmpeg_cpu, 2),
-                    **{k: round(v, 2) if isinstance(v, float) else v for k, v in counters.items()}},
+                    **{k: round(v, 2) if isinstance(v, float) else v
+                       for k, v in {**counters, **asd_counters}.items()}},
     }
     write_entry(final, meta, faces, speech)
     return Entry(video, digest, final, True, read_entry(final).meta)
+
+
+def _speakers(info: VideoInfo, segments: list, visible: list[list[int]], tracks: list) -> tuple[list, dict]:
+    """Active speaker detection over the speech segments (stages/footage/speakers.py)."""
+    from stages.footage.speakers import FaceTrackPath, assign_speakers
+    from stages.footage.speech import embed_audio
+    paths = [FaceTrackPath(t.track_id, t.start, t.end, np.asarray(t.times, np.float64),
+                           np.asarray(t.boxes, np.float64).reshape(-1, 4)) for t in tracks]
+    return assign_speakers(info, segments, visible, paths, embed_audio)
 
 
 def _worker(video: str, settings: IndexSettings, index_dir: str) -> tuple[str, Any]:

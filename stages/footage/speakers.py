@@ -1,0 +1,211 @@
+"""Who is speaking: each speech segment given to the face whose mouth moves with it (active speaker detection).
+
+For every speech segment with a face on screen, the segment's frames are decoded at the full frame rate
+(only the band of the frame that holds the faces, grey), each visible track's box is interpolated between
+its detections to every frame, and stages/media/active_speaker.py scores the synchrony of each mouth
+region with the speech, per frame. A frame belongs to the best track when its score reaches MIN_SCORE and
+beats the next track's by MARGIN; runs shorter than MIN_PART are absorbed by their neighbours, and a
+segment whose frames go to different speakers is split there (each part its own voice embedding).
+How the thresholds were chosen, and what they give: docs/search.md ("Who is speaking").
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+
+import ffmpeg
+import numpy as np
+
+from stages.core.errors import DataError
+from stages.media.active_speaker import (FEATURES, SAMPLE_RATE, mouth_crops, mouth_features, speech_envelope,
+                                         sync_features)
+from stages.media.video_io import VideoInfo, ffmpeg_exe, read_audio
+
+MIN_SCORE = 0.10      # windowed adjusted R^2 a speaking mouth reaches
+MARGIN = 0.08         # ... and by which it beats the next face on screen
+MIN_PART = 0.8        # seconds: shorter runs of one decision join their neighbours
+MAX_HEIGHT = 720      # frames are scaled to at most this height before the mouths are cut
+
+
+@dataclass
+class SpeechPart:
+    """One row of speech.parquet: a segment, or a piece of one split where the speaker changes."""
+
+    start: float
+    end: float
+    embedding: np.ndarray
+    visible: list[int]
+    speaker: int           # track id, -1 = none
+    score: float           # the speaker's mean synchrony over the part (the best face's when none is chosen)
+
+
+@dataclass
+class FaceTrackPath:
+    """Where a face track is: its id, time span, detection times and normalised boxes (n x 4)."""
+
+    track_id: int
+    start: float
+    end: float
+    times: np.ndarray
+    boxes: np.ndarray
+
+    def boxes_at(self, times: np.ndarray) -> np.ndarray:
+        """Boxes interpolated at `times` (held before the first and after the last detection), NaN outside
+        the track."""
+        out = np.stack([np.interp(times, self.times, self.boxes[:, i]) for i in range(4)], axis=1)
+        out[(times < self.start) | (times > self.end)] = np.nan
+        return out
+
+
+def _decode_band(info: VideoInfo, first: int, count: int, band: tuple[float, float], scale: float
+                 ) -> tuple[np.ndarray, tuple[int, int]]:
+    """Grey frames first..first+count of the rows `band` (normalised top, bottom), scaled by `scale`;
+    returns (count', h, w) uint8 and the (top row, full height) of the band in scaled pixels."""
+    full_w, full_h = max(2, int(round(info.width * scale / 2)) * 2), max(2, int(round(info.height * scale / 2)) * 2)
+    top = max(0, int(np.floor(band[0] * full_h / 2)) * 2)
+    bottom = min(full_h, int(np.ceil(band[1] * full_h / 2)) * 2)
+    height = max(2, bottom - top)
+    stream = (ffmpeg.input(str(info.path), ss=f"{max(0.0, (first - 0.5) / info.fps):.6f}")["v:0"]
+              .filter("scale", full_w, full_h, flags="area").filter("crop", full_w, height, 0, top)
+              .filter("format", "gray")
+              .output("pipe:1", format="rawvideo", vframes=count, fps_mode="passthrough")
+              .global_args("-hide_banner", "-nostdin", "-loglevel", "error"))
+    with tempfile.TemporaryFile() as errors:
+        result = subprocess.run(stream.compile(cmd=ffmpeg_exe()), stdout=subprocess.PIPE, stderr=errors)
+        if result.returncode != 0:
+            errors.seek(0)
+            lines = errors.read().decode(errors="replace").strip().splitlines()
+            raise DataError(info.path, f"cannot decode the video for speaker detection "
+                                       f"(ffmpeg: {lines[-1] if lines else result.returncode})")
+    size = full_w * height
+    frames = np.frombuffer(result.stdout[:len(result.stdout) // size * size], np.uint8)
+    return frames.reshape(-1, height, full_w), (top, full_h)
+
+
+def _frame_scores(info: VideoInfo, start: float, end: float, paths: list[FaceTrackPath]
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Frame times, their audio, and per-track per-frame synchrony (tracks x frames; -inf where absent)."""
+    first, last = int(np.ceil(start * info.fps - 1e-6)), int(np.floor(end * info.fps + 1e-6))
+    count = max(0, last - first)
+    times = (first + np.arange(count)) / info.fps
+    if count < FEATURES + 3:
+        return times, np.zeros(0), np.full((len(paths), count), -np.inf)
+    boxes = [p.boxes_at(times) for p in paths]
+    known = np.concatenate([b[np.isfinite(b).all(axis=1)] for b in boxes])
+    scale = min(1.0, MAX_HEIGHT / info.height)
+    margin = 0.02
+    frames, (top, full_h) = _decode_band(info, first, count, (float(known[:, 1].min()) - margin,
+                                                              float(known[:, 3].max()) + margin), scale)
+    count = len(frames)
+    times = times[:count]
+    audio = read_audio(info, first / info.fps, count / info.fps, SAMPLE_RATE).astype(np.float32) / 32768.0
+    envelope = speech_envelope(audio, info.fps, count)
+    width = frames.shape[2] if count else 1
+    pixels = np.array([width, full_h, width, full_h], np.float64)
+    shift = np.array([0, top, 0, top], np.float64)
+    scores = np.full((len(paths), count), -np.inf)
+    for row, track_boxes in enumerate(boxes):
+        track_boxes = track_boxes[:count] * pixels - shift
+        present = np.isfinite(track_boxes).all(axis=1)
+        if present.sum() < FEATURES + 3:
+            continue
+        crops = mouth_crops(frames, track_boxes)
+        result = sync_features(mouth_features(crops, info.fps), envelope, info.fps)
+        scores[row] = np.where(present, result.frame_scores, -np.inf)
+    return times, audio, scores
+
+
+def _runs(labels: np.ndarray, min_frames: int) -> list[tuple[int, int, int]]:
+    """(first, end, label) runs of equal labels; runs shorter than `min_frames` join the longer neighbour."""
+    runs = []
+    for index, label in enumerate(labels):
+        if runs and runs[-1][2] == label:
+            runs[-1][1] = index + 1
+        else:
+            runs.append([index, index + 1, int(label)])
+    while len(runs) > 1:
+        lengths = [b - a for a, b, _ in runs]
+        shortest = int(np.argmin(lengths))
+        if lengths[shortest] >= min_frames:
+            break
+        if shortest == 0:
+            neighbour = 1
+        elif shortest == len(runs) - 1:
+            neighbour = shortest - 1
+        else:
+            neighbour = shortest - 1 if lengths[shortest - 1] >= lengths[shortest + 1] else shortest + 1
+        a, b = sorted((shortest, neighbour))
+        keep = runs[neighbour][2]
+        runs[a:b + 1] = [[runs[a][0], runs[b][1], keep]]
+        merged = []  # neighbours that now carry the same label become one run
+        for run in runs:
+            if merged and merged[-1][2] == run[2]:
+                merged[-1][1] = run[1]
+            else:
+                merged.append(run)
+        runs = merged
+    return [(a, b, label) for a, b, label in runs]
+
+
+def decide(scores: np.ndarray, track_ids: list[int], fps: float) -> list[tuple[int, int, int, float]]:
+    """Per-frame decisions from (tracks x frames) scores: (first, end, track id or -1, mean score) runs."""
+    count = scores.shape[1]
+    if not track_ids or count == 0:
+        return [(0, count, -1, 0.0)]
+    order = np.argsort(-scores, axis=0)
+    best = scores[order[0], np.arange(count)]
+    second = scores[order[1], np.arange(count)] if len(track_ids) > 1 else np.full(count, -np.inf)
+    second = np.where(np.isfinite(second), second, 0.0)
+    chosen = (best >= MIN_SCORE) & (best - second >= MARGIN)
+    labels = np.where(chosen, np.asarray(track_ids)[order[0]], -1)
+    out = []
+    for a, b, label in _runs(labels, max(1, int(round(MIN_PART * fps)))):
+        if label >= 0:
+            row = track_ids.index(label)
+            score = float(np.mean(scores[row, a:b]))
+        else:
+            part = scores[:, a:b]
+            score = float(np.max(np.where(np.isfinite(part), part, -1.0).mean(axis=1)))
+        out.append((a, b, label, score))
+    return out
+
+
+def assign_speakers(info: VideoInfo, segments: list, visible: list[list[int]], paths: list[FaceTrackPath],
+                    embed) -> tuple[list[SpeechPart], dict[str, float]]:
+    """Speech rows with their speaker: `segments` have start, end, embedding; `visible[i]` the track ids
+    on screen during segment i; `embed(audio)` re-embeds the parts of a split segment."""
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(limits=1):  # small matrices: BLAS threads only contend with the other work
+        return _assign(info, segments, visible, paths, embed)
+
+
+def _assign(info: VideoInfo, segments: list, visible: list[list[int]], paths: list[FaceTrackPath],
+            embed) -> tuple[list[SpeechPart], dict[str, float]]:
+    by_id = {p.track_id: p for p in paths}
+    parts: list[SpeechPart] = []
+    counters = {"asd_seconds": 0.0, "asd_segments": 0, "asd_frames": 0, "asd_splits": 0}
+    for segment, ids in zip(segments, visible):
+        if not ids or not info.has_audio:
+            parts.append(SpeechPart(segment.start, segment.end, segment.embedding, ids, -1, 0.0))
+            continue
+        started = time.perf_counter()
+        tracks = [by_id[i] for i in ids]
+        times, audio, scores = _frame_scores(info, segment.start, segment.end, tracks)
+        runs = decide(scores, ids, info.fps) if audio.size else [(0, len(times), -1, 0.0)]
+        counters["asd_segments"] += 1
+        counters["asd_frames"] += len(times)
+        if len(runs) == 1:
+            _, _, speaker, score = runs[0]
+            parts.append(SpeechPart(segment.start, segment.end, segment.embedding, ids, speaker, score))
+        else:
+            counters["asd_splits"] += len(runs) - 1
+            edges = [segment.start] + [float(times[a]) - 0.5 / info.fps for a, _, _, _ in runs[1:]] + [segment.end]
+            for (_, _, speaker, score), lo, hi in zip(runs, edges[:-1], edges[1:]):
+                offset = float(times[0])
+                piece = audio[max(0, int((lo - offset) * SAMPLE_RATE)):int((hi - offset) * SAMPLE_RATE)]
+                parts.append(SpeechPart(round(lo, 3), round(hi, 3), embed(piece), ids, speaker, score))
+        counters["asd_seconds"] += time.perf_counter() - started
+    return parts, counters
