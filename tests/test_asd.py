@@ -193,3 +193,22 @@ def test_the_report_section_lists_every_method_and_the_published_scale():
     assert "## Active speaker detection" in lines and "| 55.2 |" in lines and "| 30.0 |" in lines
     assert "(92.3)" in lines and "(94.1)" in lines and "1,200 labelled face boxes" in lines
     assert "not evaluated yet" in "\n".join(asd_markdown(None))
+
+
+def test_the_report_stage_reads_the_asd_metrics_and_rejects_a_bad_one(tmp_path):
+    asd_metrics = tmp_path / "asd.json"
+    payload = {"boxes": 10, "videos": 1, "split": "val", "positive_share": 40.0, "speaking_not_audible": 1,
+               "methods": {"chance": {"AP": 40.0}, "synchrony": {"AP": 71.5}}}
+    asd_metrics.write_text(json.dumps(payload))
+    arguments = ["report", "--eval-dir", str(tmp_path / "eval"), "--out", str(tmp_path / "out"),
+                 "--crops-dir", str(tmp_path / "crops"), "--asd-metrics", str(asd_metrics),
+                 "--metrics", str(tmp_path / "out" / "report.json")]
+    (tmp_path / "eval").mkdir()
+    result = runner.invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "out" / "benchmark.json").read_text())["active_speaker"] == payload["methods"]
+    assert "| 71.5 |" in (tmp_path / "out" / "benchmark.md").read_text()
+    payload["methods"]["synchrony"]["AP"] = None
+    asd_metrics.write_text(json.dumps(payload))
+    result = runner.invoke(app, arguments)
+    assert result.exit_code == 2 and "field 'methods.synchrony.AP'" in result.output
