@@ -79,14 +79,14 @@ def synchrony_scores(info: VideoInfo, groundtruth: LabelledBoxes, frames: np.nda
                      audio_start: float) -> np.ndarray:
     """The detector's score of every box: each face track decoded over its whole span at the full frame rate
     (boxes between annotations interpolated), its mouth crops scored against the span's audio."""
-    tracks: dict[str, np.ndarray] = {}
+    tracks: dict[str, list[int]] = {}
     for row, entity in enumerate(groundtruth.entity_ids):
-        tracks.setdefault(entity, []).append(row)   # type: ignore[arg-type]
+        tracks.setdefault(entity, []).append(row)
     size = np.array([info.width, info.height, info.width, info.height], np.float64)
     spans: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []   # rows, span frames, pixel boxes per span frame
     wanted: dict[int, list[tuple[int, int]]] = {}                 # frame -> (track, position in its span)
-    for number, rows in enumerate(tracks.values()):
-        rows = np.asarray(rows)
+    for number, track_rows in enumerate(tracks.values()):
+        rows = np.asarray(track_rows)
         rows = rows[np.argsort(frames[rows], kind="stable")]
         span = np.arange(frames[rows[0]], frames[rows[-1]] + 1)
         pixels = np.stack([np.interp(span, frames[rows], groundtruth.boxes[rows, c] * size[c]) for c in range(4)], 1)
