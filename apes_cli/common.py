@@ -15,7 +15,6 @@ import typer
 from tqdm import tqdm
 
 from stages.core.atomic import write_json
-from stages.core.config import MODALITIES, STRATEGIES, TASKS, Params, load_params
 from stages.core.errors import ApesError
 from stages.rawdata.layout import SPLITS
 
@@ -28,9 +27,6 @@ def _choices(name: str, values: tuple[str, ...]) -> type[enum.Enum]:
     return enum.Enum(name, {v: v for v in values}, type=str)  # type: ignore[return-value]
 
 
-Modality = _choices("Modality", MODALITIES)
-Sampling = _choices("Sampling", STRATEGIES)
-Task = _choices("Task", TASKS)
 Split = _choices("Split", SPLITS)
 
 ParamsOption = Annotated[
@@ -80,11 +76,6 @@ class Bar:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def read_params(path: Path) -> Params:
-    """Load params.yaml, turning a problem into a clear error."""
-    return load_params(path)
 
 
 def overridden(section: S, key: str, **options: Any) -> S:

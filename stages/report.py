@@ -13,12 +13,14 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
 
 from stages.core.atomic import atomic_path, write_json
-from stages.core.config import MODALITIES, STRATEGIES, TASKS, ReportParams
+from stages.core.choices import Method, Modality, Sampling, Task
+from stages.core.config import ReportParams
 from stages.core.errors import DataError
 from stages.core.progress import Progress, Silent
 from stages.evaluation.figures import retrieval_examples
@@ -26,11 +28,12 @@ from stages.evaluation.figures import retrieval_examples
 COLUMNS = ("R@10", "R@50", "R@100", "P@1", "P@5", "P@10", "mAP")
 MISSING = "—"
 FIGURE_NAME = "benchmark_examples.png"
-TASK_TITLES = {"seen_heard": "Seen & Heard (paper Table 3)", "seen": "Seen (paper Table 4)"}
-MODALITY_TITLES = {"face": "Facial Matching", "voice": "Voice Matching", "crossmodal": "Cross-modal Matching"}
-PAPER_MODALITIES = {"seen_heard": MODALITIES, "seen": ("face",)}
+TASK_TITLES = {Task.seen_heard: "Seen & Heard (paper Table 3)", Task.seen: "Seen (paper Table 4)"}
+MODALITY_TITLES = {Modality.face: "Facial Matching", Modality.voice: "Voice Matching",
+                   Modality.crossmodal: "Cross-modal Matching"}
+PAPER_MODALITIES = {Task.seen_heard: tuple(Modality), Task.seen: (Modality.face,)}
 
-# The paper's Tables 3 and 4 (val split), in COLUMNS order.
+# The paper's Tables 3 and 4 (val split), in COLUMNS order, by task and row key (Row.key).
 PAPER: dict[str, dict[str, tuple[float, ...]]] = {
     "seen_heard": {
         "random": (12.0, 52.9, 87.3, 18.1, 18.7, 18.4, 19.1),
@@ -53,21 +56,99 @@ PAPER: dict[str, dict[str, tuple[float, ...]]] = {
 }
 
 
-# The paper's findings, each a comparison of two mAP cells "<task>:<row>": (claim, higher, lower, strict).
-# strict=False reads "at least as good": it fails only when the first is below beyond noise.
-SH, SEEN = "seen_heard", "seen"
-CLAIMS: tuple[tuple[str, str, str, bool], ...] = (
-    ("Face beats Random", f"{SH}:face/within", f"{SH}:random", True),
-    ("Face beats Random (Seen)", f"{SEEN}:face/within", f"{SEEN}:random", True),
-    ("Voice beats Random", f"{SH}:voice/within", f"{SH}:random", True),
-    *((f"{MODALITY_TITLES[m].split()[0]}: Weak below {s.capitalize()}", f"{SH}:{m}/{s}", f"{SH}:{m}/weak", True)
-      for m in MODALITIES for s in ("within", "across")),
-    *((f"Facial: Weak below {s.capitalize()} (Seen)", f"{SEEN}:face/{s}", f"{SEEN}:face/weak", True)
-      for s in ("within", "across")),
-    *((f"Cross-modal at least Face: {s.capitalize()}", f"{SH}:crossmodal/{s}", f"{SH}:face/{s}", False)
-      for s in STRATEGIES),
-    *((f"Seen harder than Seen & Heard: Face {s.capitalize()}", f"{SH}:face/{s}", f"{SEEN}:face/{s}", True)
-      for s in STRATEGIES),
+@dataclass(frozen=True)
+class Row:
+    """A row of the tables: a method, and the modality (and, trained, the sampling) it is for."""
+
+    method: Method
+    modality: Modality | None = None
+    sampling: Sampling | None = None
+
+    @property
+    def key(self) -> str:
+        """'random', 'untrained/<modality>', 'pretrained/<modality>' or '<modality>/<sampling>' (benchmark.json)."""
+        if self.method is Method.random:
+            return "random"
+        if self.method is Method.trained:
+            return f"{self.modality}/{self.sampling}"
+        return f"{self.method}/{self.modality}"
+
+    @property
+    def label(self) -> str:
+        """The row's name in the Markdown tables."""
+        if self.method is Method.random:
+            return "Random"
+        if self.method is Method.untrained:
+            return f"Untrained ({MODALITY_TITLES[self.modality].split()[0].lower()})"
+        if self.method is Method.pretrained:
+            return f"Pretrained {self.modality}"
+        return f"{MODALITY_TITLES[self.modality]}: {self.sampling.capitalize()}"
+
+
+RANDOM = Row(Method.random)
+
+
+def trained(modality: Modality, sampling: Sampling) -> Row:
+    """The row of a trained modality x sampling cell."""
+    return Row(Method.trained, modality, sampling)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One row of one task's table."""
+
+    task: Task
+    row: Row
+
+    def __str__(self) -> str:
+        return f"{self.task}:{self.row.key}"
+
+
+class Verdict(StrEnum):
+    """How a claim fares on these numbers."""
+
+    holds = "holds"
+    holds_within_noise = "holds (within noise)"
+    within_noise = "within noise"
+    does_not_hold = "does not hold"
+    one_seed = "one seed: not judged"
+    not_evaluated = "not evaluated"
+
+    @property
+    def holding(self) -> bool:
+        """Holds, beyond noise or (an "at least" claim) within it."""
+        return self in (Verdict.holds, Verdict.holds_within_noise)
+
+    @property
+    def judged(self) -> bool:
+        """Both cells were there with several seeds."""
+        return self not in (Verdict.one_seed, Verdict.not_evaluated)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A finding of the paper: the first cell's mAP above the second's (strict=False: at least as good, failing
+    only when below beyond noise)."""
+
+    text: str
+    higher: Cell
+    lower: Cell
+    strict: bool = True
+
+
+SH, SEEN = Task.seen_heard, Task.seen
+CLAIMS: tuple[Claim, ...] = (
+    Claim("Face beats Random", Cell(SH, trained(Modality.face, Sampling.within)), Cell(SH, RANDOM)),
+    Claim("Face beats Random (Seen)", Cell(SEEN, trained(Modality.face, Sampling.within)), Cell(SEEN, RANDOM)),
+    Claim("Voice beats Random", Cell(SH, trained(Modality.voice, Sampling.within)), Cell(SH, RANDOM)),
+    *(Claim(f"{MODALITY_TITLES[m].split()[0]}: Weak below {s.capitalize()}", Cell(SH, trained(m, s)),
+            Cell(SH, trained(m, Sampling.weak))) for m in Modality for s in (Sampling.within, Sampling.across)),
+    *(Claim(f"Facial: Weak below {s.capitalize()} (Seen)", Cell(SEEN, trained(Modality.face, s)),
+            Cell(SEEN, trained(Modality.face, Sampling.weak))) for s in (Sampling.within, Sampling.across)),
+    *(Claim(f"Cross-modal at least Face: {s.capitalize()}", Cell(SH, trained(Modality.crossmodal, s)),
+            Cell(SH, trained(Modality.face, s)), strict=False) for s in Sampling),
+    *(Claim(f"Seen harder than Seen & Heard: Face {s.capitalize()}", Cell(SH, trained(Modality.face, s)),
+            Cell(SEEN, trained(Modality.face, s))) for s in Sampling),
 )
 NOISE_FACTOR = 2.0  # a gap counts only beyond twice the pooled seed std
 
@@ -77,28 +158,28 @@ class Record:
     """One metrics file of `apes-cli evaluate`, keyed by its place in the tables."""
 
     path: Path
-    task: str
-    row: str
+    task: Task
+    row: Row
     seed: int | None
     metrics: dict
 
 
-def row_key(metrics: dict) -> str | None:
-    """'random', 'untrained/<modality>', 'pretrained/<modality>' or '<modality>/<sampling>'; None for files of
-    other methods."""
-    method = metrics.get("method")
-    if method == "random":
-        return "random"
-    if method in ("untrained", "pretrained") and metrics.get("modality") in MODALITIES:
-        return f"{method}/{metrics['modality']}"
-    if method == "trained" and metrics.get("modality") in MODALITIES and metrics.get("sampling") in STRATEGIES:
-        return f"{metrics['modality']}/{metrics['sampling']}"
-    return None
+def _choice(kind: type[StrEnum], value: object) -> StrEnum | None:
+    """The member of `kind` named by a metrics field, or None for anything else."""
+    return kind(value) if isinstance(value, str) and value in kind._value2member_map_ else None
 
 
-def _seedless(row: str) -> bool:
-    """Rows that do not depend on a seed: the exact Random expectation and the fixed pretrained embedders."""
-    return row == "random" or row.startswith("pretrained/")
+def row_of(metrics: dict) -> Row | None:
+    """The table row a metrics file fills; None for files of other methods."""
+    method, modality = _choice(Method, metrics.get("method")), _choice(Modality, metrics.get("modality"))
+    if method is Method.random:
+        return RANDOM
+    if method is None or modality is None:
+        return None
+    if method is not Method.trained:
+        return Row(method, modality)
+    sampling = _choice(Sampling, metrics.get("sampling"))
+    return None if sampling is None else trained(modality, sampling)
 
 
 def read_records(metrics_dir: str | Path) -> tuple[list[Record], list[dict]]:
@@ -109,8 +190,9 @@ def read_records(metrics_dir: str | Path) -> tuple[list[Record], list[dict]]:
             metrics = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as error:
             raise DataError(path, f"not a readable JSON metrics file: {error}") from None
-        key = row_key(metrics) if isinstance(metrics, dict) else None
-        if key is None or metrics.get("task") not in TASKS:
+        row = row_of(metrics) if isinstance(metrics, dict) else None
+        task = _choice(Task, metrics.get("task")) if row is not None else None
+        if row is None or task is None:
             ignored.append({"file": str(path), "reason": "not a benchmark run (no method/modality/sampling/task)"})
             continue
         for column in COLUMNS:
@@ -118,19 +200,17 @@ def read_records(metrics_dir: str | Path) -> tuple[list[Record], list[dict]]:
             if not isinstance(value, (int, float)) or not np.isfinite(value):
                 raise DataError(path, f"expected a finite number, found {value!r}", field=column)
         seed = metrics.get("seed")
-        records.append(Record(path, metrics["task"], key, seed if isinstance(seed, int) else None, metrics))
+        records.append(Record(path, task, row, seed if isinstance(seed, int) else None, metrics))
     return records, ignored
 
 
-def row_layout(task: str, present: set[str]) -> list[tuple[str, str]]:
-    """(row key, label) in table order: the paper's rows, plus rows of other modalities that have files."""
-    modalities = [m for m in MODALITIES if m in PAPER_MODALITIES[task] or any(k.startswith(f"{m}/") for k in present)]
-    rows = [("random", "Random")]
-    rows += [(f"untrained/{m}", f"Untrained ({MODALITY_TITLES[m].split()[0].lower()})") for m in modalities]
-    rows += [(f"pretrained/{m}", f"Pretrained {m}") for m in MODALITIES if f"pretrained/{m}" in present]
-    for modality in modalities:
-        rows += [(f"{modality}/{s}", f"{MODALITY_TITLES[modality]}: {s.capitalize()}") for s in STRATEGIES]
-    return rows
+def row_layout(task: Task, present: set[Row]) -> list[Row]:
+    """The rows in table order: the paper's, plus rows of other modalities that have files."""
+    modalities = [m for m in Modality if m in PAPER_MODALITIES[task]
+                  or any(row.method is Method.trained and row.modality is m for row in present)]
+    rows = [RANDOM, *(Row(Method.untrained, m) for m in modalities)]
+    rows += [Row(Method.pretrained, m) for m in Modality if Row(Method.pretrained, m) in present]
+    return rows + [trained(m, s) for m in modalities for s in Sampling]
 
 
 def _cell(values: list[float], paper: float | None) -> dict:
@@ -141,63 +221,80 @@ def _cell(values: list[float], paper: float | None) -> dict:
     return cell
 
 
-def build_tables(records: list[Record], seeds: tuple[int, ...]) -> tuple[dict, list[str]]:
+@dataclass(frozen=True)
+class TableRow:
+    """One row of a task's table: the seeds and files found, and per column the cell's values and spread."""
+
+    row: Row
+    seeds: list[int | None]
+    files: list[str]
+    cells: dict[str, dict]
+
+    def as_json(self) -> dict:
+        """The row as benchmark.json holds it."""
+        return {"key": self.row.key, "label": self.row.label, "seeds": self.seeds, "files": self.files,
+                "cells": self.cells}
+
+
+Tables = dict[Task, list[TableRow]]
+
+
+def build_tables(records: list[Record], seeds: tuple[int, ...]) -> tuple[Tables, list[str]]:
     """Per task, the rows with their cells; and notes on duplicate or out-of-seed files."""
     notes: list[str] = []
-    chosen: dict[tuple[str, str, int | None], Record] = {}
+    chosen: dict[tuple[Task, Row, int | None], Record] = {}
     for record in records:
-        if not _seedless(record.row) and record.seed not in seeds:
+        seedless = record.row.method.seedless
+        if not seedless and record.seed not in seeds:
             notes.append(f"{record.path.name}: seed {record.seed} is not in report.seeds {list(seeds)}; left out")
             continue
-        key = (record.task, record.row, None if _seedless(record.row) else record.seed)
+        key = (record.task, record.row, None if seedless else record.seed)
         if key in chosen:
             notes.append(f"{record.path.name} replaces {chosen[key].path.name} (same task, row and seed)")
         chosen[key] = record
-    tables = {}
-    for task in TASKS:
-        present = {row for (t, row, _) in chosen if t == task}
-        rows = []
-        for key, label in row_layout(task, present):
-            found = sorted((r for (t, row, _), r in chosen.items() if t == task and row == key),
+    tables: Tables = {}
+    for task in Task:
+        present = {row for (t, row, _) in chosen if t is task}
+        tables[task] = []
+        for row in row_layout(task, present):
+            found = sorted((r for (t, placed, _), r in chosen.items() if t is task and placed == row),
                            key=lambda r: r.seed if r.seed is not None else -1)
-            paper = PAPER[task].get(key)
+            paper = PAPER[task].get(row.key)
             cells = {column: _cell([float(r.metrics[column]) for r in found],
                                    paper[i] if paper else None) for i, column in enumerate(COLUMNS)}
-            rows.append({"key": key, "label": label, "seeds": [r.seed for r in found],
-                         "files": [r.path.name for r in found], "cells": cells})
-        tables[task] = rows
+            tables[task].append(TableRow(row, [r.seed for r in found], [r.path.name for r in found], cells))
     return tables, notes
 
 
-def _mean_std(tables: dict, task: str, key: str) -> tuple[float, float, int] | None:
+def _mean_std(tables: Tables, cell: Cell) -> tuple[float, float, int] | None:
     """mAP mean, seed std (0 for the seedless rows) and number of runs of one cell; None when empty."""
-    for row in tables[task]:
-        if row["key"] == key and row["cells"]["mAP"]["values"]:
-            cell = row["cells"]["mAP"]
-            return cell["mean"], cell["std"], 0 if _seedless(key) else len(cell["values"])
+    for entry in tables[cell.task]:
+        if entry.row == cell.row and entry.cells["mAP"]["values"]:
+            found = entry.cells["mAP"]
+            return found["mean"], found["std"], 0 if cell.row.method.seedless else len(found["values"])
     return None
 
 
-def check_claims(tables: dict) -> list[dict]:
+def check_claims(tables: Tables) -> list[dict]:
     """Each paper claim with both cells, the gap, the noise threshold and a verdict."""
     checked = []
-    for claim, high, low, strict in CLAIMS:
-        a, b = _mean_std(tables, *high.split(":")), _mean_std(tables, *low.split(":"))
-        entry = {"claim": claim, "higher": high, "lower": low}
+    for claim in CLAIMS:
+        a, b = _mean_std(tables, claim.higher), _mean_std(tables, claim.lower)
+        entry = {"claim": claim.text, "higher": str(claim.higher), "lower": str(claim.lower)}
         if a is None or b is None:
-            checked.append(entry | {"verdict": "not evaluated"})
+            checked.append(entry | {"verdict": Verdict.not_evaluated})
             continue
         gap = a[0] - b[0]
         noise = NOISE_FACTOR * float(np.sqrt((a[1] ** 2 + b[1] ** 2) / 2))
         runs = [n for n in (a[2], b[2]) if n]  # seedless rows (Random, Pretrained) have no seeds
         if not runs or min(runs) < 2:
-            verdict, noise = "one seed: not judged", None
+            verdict, noise = Verdict.one_seed, None
         elif gap > noise:
-            verdict = "holds"
+            verdict = Verdict.holds
         elif gap < -noise:
-            verdict = "does not hold"
+            verdict = Verdict.does_not_hold
         else:
-            verdict = "holds (within noise)" if not strict else "within noise"
+            verdict = Verdict.within_noise if claim.strict else Verdict.holds_within_noise
         checked.append(entry | {"a": a[0], "b": b[0], "gap": gap, "noise": noise, "verdict": verdict})
     return checked
 
@@ -293,7 +390,7 @@ def _format(cell: dict) -> str:
     return ours if cell["paper"] is None else f"{ours} ({cell['paper']:.1f})"
 
 
-def render_markdown(tables: dict, seeds: tuple[int, ...], notes: list[str], figure: str | None,
+def render_markdown(tables: Tables, seeds: tuple[int, ...], notes: list[str], figure: str | None,
                     claims: list[dict], trained_on: list[str], asd: dict | None = None) -> str:
     """The benchmark tables as Markdown, in the paper's layout, then the claims."""
     lines = [
@@ -312,13 +409,13 @@ def render_markdown(tables: dict, seeds: tuple[int, ...], notes: list[str], figu
     for task, rows in tables.items():
         lines += [f"## {TASK_TITLES[task]}", "",
                   "| | " + " | ".join(COLUMNS) + " | runs |", "|---|" + "---:|" * (len(COLUMNS) + 1)]
-        for row in rows:
-            if _seedless(row["key"]):
-                runs = ("exact" if row["key"] == "random" else "fixed") if row["files"] else MISSING
+        for entry in rows:
+            if entry.row.method.seedless:
+                runs = ("exact" if entry.row == RANDOM else "fixed") if entry.files else MISSING
             else:
-                runs = f"{len(row['seeds'])}/{len(seeds)}"
-            cells = " | ".join(_format(row["cells"][c]) for c in COLUMNS)
-            lines.append(f"| {row['label']} | {cells} | {runs} |")
+                runs = f"{len(entry.seeds)}/{len(seeds)}"
+            cells = " | ".join(_format(entry.cells[c]) for c in COLUMNS)
+            lines.append(f"| {entry.row.label} | {cells} | {runs} |")
         lines.append("")
     lines += _claims_markdown(claims, seeds)
     lines += asd_markdown(asd)
@@ -330,10 +427,10 @@ def render_markdown(tables: dict, seeds: tuple[int, ...], notes: list[str], figu
     return "\n".join(lines)
 
 
-def best_run(tables: dict, records: list[Record]) -> Record | None:
+def best_run(tables: Tables, records: list[Record]) -> Record | None:
     """The trained run file with the highest mAP among the reported cells (the figure's model)."""
-    reported = {name for rows in tables.values() for row in rows if "/" in row["key"]
-                and not row["key"].startswith(("untrained/", "pretrained/")) for name in row["files"]}
+    reported = {name for rows in tables.values() for entry in rows if entry.row.method is Method.trained
+                for name in entry.files}
     candidates = [r for r in records if r.path.name in reported]
     return max(candidates, key=lambda r: (r.metrics["mAP"], r.path.name), default=None)
 
@@ -372,14 +469,15 @@ def run(settings: ReportParams, eval_dir: str | Path, crops_dir: str | Path, out
     markdown = render_markdown(tables, seeds, notes, figure, claims, trained_on, asd)
     with atomic_path(out_dir / "benchmark.md") as tmp:
         tmp.write_text(markdown)
-    write_json(out_dir / "benchmark.json", {"seeds": list(seeds), "columns": list(COLUMNS), "tasks": tables,
+    as_json = {task: [entry.as_json() for entry in rows] for task, rows in tables.items()}
+    write_json(out_dir / "benchmark.json", {"seeds": list(seeds), "columns": list(COLUMNS), "tasks": as_json,
                                             "claims": claims, "trained_on": trained_on,
                                             "active_speaker": None if asd is None else asd["methods"],
                                             "figure": str(figure_png) if figure else None, "notes": notes})
-    filled = sum(bool(row["cells"]["mAP"]["values"]) for rows in tables.values() for row in rows)
+    filled = sum(bool(entry.cells["mAP"]["values"]) for rows in tables.values() for entry in rows)
     total = sum(len(rows) for rows in tables.values())
     return {"files_read": len(records), "files_ignored": ignored, "rows_filled": filled, "rows_total": total,
             "best_run": best.path.name if best else None, "figure": str(figure_png) if figure else None,
-            "figure_skipped": figure_skip, "claims_holding": sum(c["verdict"].startswith("holds") for c in claims),
-            "claims_judged": sum("gap" in c and "not judged" not in c["verdict"] for c in claims),
+            "figure_skipped": figure_skip, "claims_holding": sum(c["verdict"].holding for c in claims),
+            "claims_judged": sum(c["verdict"].judged for c in claims),
             "seconds": round(time.perf_counter() - started, 3)}

@@ -24,7 +24,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from stages.core.atomic import atomic_path
-from stages.core.config import MODALITIES, TrainParams
+from stages.core.choices import Device, Mining, Modality, Profile
+from stages.core.config import TrainParams
 from stages.core.errors import ApesError, DataError
 from stages.core.progress import Progress, Silent
 from stages.core.runs import Run
@@ -41,8 +42,9 @@ from stages.learning.tracklets import read_tracklet_table
 
 # lr, epochs, StepLR step (x0.1) per modality; sources in docs/training.md
 SCHEDULES = {
-    "paper": dict.fromkeys(MODALITIES, (3e-4, 70, 30)),  # section 4.1: voice and cross-modal share the face's
-    "authors": {"face": (3e-4, 70, 30), "voice": (5e-4, 120, 50), "crossmodal": (5e-5, 120, 45)},  # released code
+    Profile.paper: dict.fromkeys(Modality, (3e-4, 70, 30)),  # section 4.1: voice and cross-modal share the face's
+    Profile.authors: {Modality.face: (3e-4, 70, 30), Modality.voice: (5e-4, 120, 50),
+                      Modality.crossmodal: (5e-5, 120, 45)},  # released code
 }
 PAPER_BATCH = 3 * 128  # 128 triplets a step: the authors' code (the paper gives no batch size)
 PAPER_CROP = 124  # face crop side of section 4.1

@@ -33,7 +33,7 @@ def test_project_params_load_and_match_defaults_types() -> None:
         ({"crop": {"size": "big"}}, "crop.size"),
         ({"train": {"face": {"lr": -1.0}}}, "train.face.lr"),
         ({"train": {"mining": "hardest"}}, "train.mining"),
-        ({"triplets": {"tasks": ["heard"]}}, "triplets.tasks"),
+        ({"triplets": {"tasks": ["heard"]}}, "triplets.tasks[0]"),
         ({"synth": {"shot_seconds": [3.0]}}, "synth.shot_seconds"),
         ({"train": {"normalize": "yes"}}, "train.normalize"),
         ({"train": {"profile": "papers"}}, "train.profile"),

@@ -4,8 +4,9 @@ declares exactly the params its command reads.
 Imports are read with `ast` from the sources (including imports inside functions, which the commands use to
 defer torch), from apes_cli/commands/<command>.py on, transitively within apes_cli/ and stages/. Params are
 read from the command function: the Params it loads may only be used as `<params>.<section>[.<key>...]`
-(the stage functions get those values, never the whole Params), and only the branches the stage's command
-line takes are counted (`--seed 3` means `params.seed` is not read).
+(the stage functions get those values, never the whole Params). In the command function only the branches the
+stage's command line takes are counted, for params (`--seed 3` means `params.seed` is not read) and for imports
+(`evaluate --pretrained` imports the pretrained stage, the other evaluate stages do not).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import typer
 import yaml
 
 from apes_cli.main import app
-from stages.core.config import SOURCES, Params
+from stages.core.choices import Source
+from stages.core.config import Params
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("apes_cli", "stages")
@@ -38,7 +40,7 @@ def definition(stage: dict[str, Any]) -> dict[str, Any]:
 def commands(stage: dict[str, Any]) -> list[str]:
     """The `apes-cli` subcommands a stage runs (`${data.source}` runs whichever source params pick)."""
     name = re.search(r"apes-cli\s+(\S+)", definition(stage)["cmd"]).group(1)
-    return list(SOURCES) if name == "${data.source}" else [name]
+    return list(Source) if name == "${data.source}" else [name]
 
 
 def command_line(stage: dict[str, Any], command: str) -> list[str]:
@@ -58,25 +60,40 @@ def module_file(name: str) -> Path | None:
     return path / "__init__.py" if (path / "__init__.py").is_file() else None
 
 
+def import_targets(node: ast.AST, path: Path) -> set[Path]:
+    """Project modules one import statement names (`from pkg import mod` counts mod); none for other nodes."""
+    if isinstance(node, ast.Import):
+        names = [alias.name for alias in node.names]
+    elif isinstance(node, ast.ImportFrom):
+        assert node.level == 0, f"{path}: relative import; the project imports absolutely"
+        names = [f"{node.module}.{a.name}" if module_file(f"{node.module}.{a.name}") else node.module
+                 for a in node.names]
+    else:
+        return set()
+    return {file for file in map(module_file, names) if file is not None}
+
+
 def imported_files(path: Path) -> set[Path]:
-    """Project modules one source file imports, anywhere in it (`from pkg import mod` counts mod)."""
-    found: set[Path] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0, f"{path}: relative import; the project imports absolutely"
-            names = [f"{node.module}.{a.name}" if module_file(f"{node.module}.{a.name}") else node.module
-                     for a in node.names]
-        else:
-            continue
-        found |= {file for file in map(module_file, names) if file is not None}
-    return found
+    """Project modules one source file imports, anywhere in it."""
+    return set().union(*(import_targets(node, path) for node in ast.walk(ast.parse(path.read_text(), str(path)))))
 
 
-def closure(command: str) -> set[Path]:
-    """The command module and every project module it reaches through imports."""
-    todo, seen = [ROOT / "apes_cli" / "commands" / f"{command}.py"], set()
+def command_imports(command: str, arguments: list[str] | None) -> set[Path]:
+    """Project modules a command module imports: at its top, and in the branches of `command` that `arguments`
+    take (every branch when None)."""
+    path = ROOT / "apes_cli" / "commands" / f"{command}.py"
+    if arguments is None:
+        return imported_files(path)
+    tree = ast.parse(path.read_text(), str(path))
+    found = set().union(*(import_targets(node, path) for node in tree.body))
+    function = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "command")
+    return found | _ParamsReads(function, _option_values(command, arguments), path).imports
+
+
+def closure(command: str, arguments: list[str] | None = None) -> set[Path]:
+    """The command module and every project module it reaches through imports (on the command line's branches)."""
+    start = ROOT / "apes_cli" / "commands" / f"{command}.py"
+    todo, seen = list(command_imports(command, arguments)), {start}
     while todo:
         path = todo.pop()
         if path not in seen:
@@ -93,7 +110,7 @@ def code_deps(stage: dict[str, Any]) -> list[str]:
 def uncovered(stage: dict[str, Any]) -> list[str]:
     """Modules the stage's commands import that none of its deps (a file, or a folder holding it) covers."""
     deps = [ROOT / dep for dep in code_deps(stage)]
-    modules = set().union(*(closure(command) for command in commands(stage)))
+    modules = set().union(*(closure(command, command_line(stage, command)) for command in commands(stage)))
     return sorted(str(m.relative_to(ROOT)) for m in modules
                   if not any(m == dep or dep in m.parents for dep in deps))
 
@@ -154,18 +171,19 @@ def _option_values(command: str, arguments: list[str]) -> dict[str, Any]:
 
 
 class _ParamsReads:
-    """The params keys one command function reads on the branches the given command line takes."""
+    """The params keys one command function reads, and the project modules it imports, on the branches the given
+    command line takes."""
 
-    def __init__(self, function: ast.FunctionDef, options: dict[str, Any]) -> None:
-        self.options, self.keys = options, set()
+    def __init__(self, function: ast.FunctionDef, options: dict[str, Any], path: Path = ROOT) -> None:
+        self.options, self.path, self.keys, self.imports = options, path, set(), set()
         self.names = {target.id for node in ast.walk(function) if isinstance(node, ast.Assign)
                       and self.loads(node.value) for target in node.targets if isinstance(target, ast.Name)}
         self.block(function.body)
 
     @staticmethod
     def loads(node: ast.AST) -> bool:
-        """Whether the node is a `read_params(...)` call."""
-        return isinstance(node, ast.Call) and getattr(node.func, "id", "") == "read_params"
+        """Whether the node is a `load_params(...)` call."""
+        return isinstance(node, ast.Call) and getattr(node.func, "id", "") == "load_params"
 
     def decide(self, test: ast.expr) -> bool | None:
         """The truth of a test on the command's options, when the command line settles it."""
@@ -207,7 +225,8 @@ class _ParamsReads:
         return False
 
     def visit(self, node: ast.AST) -> None:
-        """Collect params reads in one node, skipping branches the command line rules out."""
+        """Collect params reads and imports in one node, skipping branches the command line rules out."""
+        self.imports |= import_targets(node, self.path)
         if isinstance(node, ast.IfExp):
             self.visit(node.test)
             taken = self.decide(node.test)
@@ -310,3 +329,11 @@ def test_a_section_read_whole_needs_each_key_declared_or_unwatched() -> None:
     assert params_problems(download) == ["reads download.limit but does not declare it"]
     definition(download)["meta"]["unwatched_params"].append("download.nothing")
     assert params_problems(download)[-1] == "declares download.nothing but never reads it"
+
+
+def test_only_the_pretrained_evaluations_reach_the_search_code() -> None:
+    """The benchmark does not depend on `apes-cli search`'s code: an edit there re-runs only the Pretrained rows."""
+    for name, stage in DVC.items():
+        modules = set().union(*(closure(command, command_line(stage, command)) for command in commands(stage)))
+        reaches = any((ROOT / "stages" / "footage") in module.parents for module in modules)
+        assert reaches == (name == "evaluate_pretrained"), name

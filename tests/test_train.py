@@ -23,8 +23,8 @@ from typer.testing import CliRunner
 
 from apes_cli.main import app
 from stages import train as stage
+from stages.core.choices import Modality
 from stages.core.config import (
-    MODALITIES,
     EvaluateParams,
     OptimParams,
     TrainParams,
@@ -270,7 +270,7 @@ def test_torchrun_two_cpu_processes_train_with_ddp(data: dict[str, Path], tmp_pa
 
 def test_paper_profile_is_the_papers_text_and_authors_the_released_code() -> None:
     paper = dataclasses.replace(TrainParams(), profile="paper")
-    for modality in MODALITIES:  # voice: "the same hyper-parameters"; cross-modal combines the two (equal) ones
+    for modality in Modality:  # voice: "the same hyper-parameters"; cross-modal combines the two (equal) ones
         assert resolve_schedule(paper, modality, anchors=1000) == Schedule(3e-4, 70, 30, 384, 8)
     authors = dataclasses.replace(TrainParams(), profile="authors")
     assert resolve_schedule(authors, "face", anchors=1000) == Schedule(3e-4, 70, 30, 384, 8)
@@ -283,7 +283,7 @@ def test_paper_profile_is_the_papers_text_and_authors_the_released_code() -> Non
 def test_a_paper_run_without_imagenet_weights_or_124_px_crops_says_so(data: dict[str, Path], tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch,
                                                                       caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setitem(stage.SCHEDULES, "paper", dict.fromkeys(MODALITIES, (3e-4, 1, 1)))  # one epoch, one step
+    monkeypatch.setitem(stage.SCHEDULES, "paper", dict.fromkeys(Modality, (3e-4, 1, 1)))  # one epoch, one step
     settings = _settings(profile="paper")
     with caplog.at_level(logging.WARNING, logger="stages.train"):
         face = _run(data, settings, Run("face", "within", "seen_heard", 0), tmp_path / "a")

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from apes_cli.common import MetricsOption, ParamsOption, WorkersOption, friendly_errors, overridden, read_params, \
-    run_stage
+from apes_cli.common import MetricsOption, ParamsOption, WorkersOption, friendly_errors, overridden, run_stage
+from stages.core.config import load_params
 
 NAME = "asd"
 HELP = ("Score every labelled face box of the val videos as speaking or not, with the synchrony detector "
@@ -28,7 +28,7 @@ def command(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Score active speaker detection on the val videos."""
-    from stages import asd as stage  # imported here so `apes-cli --help` starts without torch
-    loaded = read_params(params)
+    from stages import asd as stage
+    loaded = load_params(params)
     run_stage(stage.run, overridden(loaded.asd, "asd", workers=workers),
               raw if raw is not None else Path(loaded.data.raw_dir), out, metrics=metrics)

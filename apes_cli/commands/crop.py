@@ -15,9 +15,10 @@ from apes_cli.common import (
     chosen_splits,
     friendly_errors,
     overridden,
-    read_params,
     run_stage,
 )
+from stages.core.choices import CROP_SIZE_RANGE
+from stages.core.config import load_params
 
 NAME = "crop"
 HELP = ("Decode the planned frames with ffmpeg (seeking to the annotated windows) and cut every labelled, "
@@ -34,14 +35,15 @@ def command(
     decoded: Annotated[Path, typer.Option("--decoded", help="Output folder of `decode`.")] = Path("data/decoded"),
     out: Annotated[Path, typer.Option("--out", help="Output folder for crop shards.")] = Path("data/crops"),
     size: Annotated[Optional[int], typer.Option(
-        "--size", min=16, max=512, help="Crop side in pixels, even (paper 124). Default: crop.size.")] = None,
+        "--size", min=CROP_SIZE_RANGE[0], max=CROP_SIZE_RANGE[1],
+        help="Crop side in pixels, even (paper 124). Default: crop.size.")] = None,
     workers: WorkersOption = None,
     split: SplitOption = None,
     metrics: MetricsOption = Path("metrics/crop.json"),
 ) -> None:
     """Cut face crops for every planned video."""
-    from stages import crop  # imported here so `apes-cli --help` starts without torch
-    loaded = read_params(params)
+    from stages import crop
+    loaded = load_params(params)
     run_stage(crop.run, overridden(loaded.crop, "crop", workers=workers, size=size),
               raw if raw is not None else Path(loaded.data.raw_dir), decoded, out, chosen_splits(split),
               metrics=metrics)

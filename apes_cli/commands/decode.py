@@ -15,9 +15,9 @@ from apes_cli.common import (
     chosen_splits,
     friendly_errors,
     overridden,
-    read_params,
     run_stage,
 )
+from stages.core.config import load_params
 
 NAME = "decode"
 HELP = ("Per video: check the annotations, map every annotated timestamp to its nearest frame (ffmpeg "
@@ -38,7 +38,7 @@ def command(
     metrics: MetricsOption = Path("metrics/decode.json"),
 ) -> None:
     """Plan frames and extract audio for every annotated video."""
-    from stages import decode  # imported here so `apes-cli --help` starts without torch
-    loaded = read_params(params)
+    from stages import decode
+    loaded = load_params(params)
     run_stage(decode.run, overridden(loaded.decode, "decode", workers=workers),
               raw if raw is not None else Path(loaded.data.raw_dir), out, chosen_splits(split), metrics=metrics)

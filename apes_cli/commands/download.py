@@ -15,10 +15,10 @@ from apes_cli.common import (
     ParamsOption,
     friendly_errors,
     overridden,
-    read_params,
     report_metrics,
     run_stage,
 )
+from stages.core.config import load_params
 
 NAME = "download"
 DOWNLOAD_DIR = "data/raw_download"  # DataParams.raw_dir with data.source: download
@@ -59,12 +59,12 @@ def command(
     metrics: MetricsOption = Path("metrics/download.json"),
 ) -> None:
     """Download AVA + APES into the raw layout."""
-    from stages import download  # imported here so `apes-cli --help` starts without torch
+    from stages import download
     if source not in (None, "download"):
         out.mkdir(parents=True, exist_ok=True)
         report_metrics({"skipped": f"data.source is {source!r}: nothing fetched, {out} left as it was"}, metrics)
         return
-    loaded = read_params(params)
+    loaded = load_params(params)
     settings = overridden(loaded.download, "download", base_url=base_url, apes_url=apes_url, limit=limit,
                           workers=workers)
     run_stage(download.run, settings, out, metrics=metrics, bar=ByteBar())

@@ -8,21 +8,14 @@ from typing import Annotated
 
 import typer
 
-from apes_cli.common import (
-    Modality,
-    ParamsOption,
-    Sampling,
-    Task,
-    friendly_errors,
-    read_params,
-    report_metrics,
-    run_stage,
-)
+from apes_cli.common import ParamsOption, friendly_errors, report_metrics, run_stage
+from stages.core.choices import Modality, Sampling, Task
+from stages.core.config import load_params
 from stages.core.errors import ConfigError
 from stages.core.runs import Run
 
 NAME = "evaluate"
-PRETRAINED_MODALITIES = ("face", "voice")
+PRETRAINED_MODALITIES = (Modality.face, Modality.voice)
 HELP = (
     "Rank the val tracklets of each video by embedding distance and write P@K, R@K and mAP (paper 4.2).\n\n"
     "A trained run:   apes-cli evaluate --modality face --sampling within --task seen_heard\n\n"
@@ -83,35 +76,35 @@ def command(
 ) -> None:
     """Evaluate one run, a baseline, an embeddings file or active speaker predictions."""
     if asd is not None:
-        from stages import asd as asd_stage  # no torch: scoring a CSV starts fast
-        raw_dir = None if asd_groundtruth is not None else Path(read_params(params).data.raw_dir)
+        from stages import asd as asd_stage
+        raw_dir = None if asd_groundtruth is not None else Path(load_params(params).data.raw_dir)
         report_metrics(asd_stage.run_predictions_file(asd, asd_groundtruth, raw_dir),
                        metrics or Path("metrics") / f"asd_file_{asd.stem}.json")
         return
-    from stages import evaluate as stage  # imported here so `apes-cli --help` starts without torch
     if embeddings is not None:
+        from stages import evaluate as stage
         report_metrics(stage.run_embeddings_file(embeddings),
                        metrics or Path("metrics") / f"eval_file_{embeddings.stem}.json")
         return
-    task_name = _required(task and task.value, "--task")
+    task = Task(_required(task, "--task"))
     if random:
-        report_metrics(stage.run_random(crops_dir, mels_dir, task_name),
-                       metrics or Path("metrics") / f"eval_random_{task_name}.json")
+        from stages import evaluate as stage
+        report_metrics(stage.run_random(crops_dir, mels_dir, task),
+                       metrics or Path("metrics") / f"eval_random_{task}.json")
         return
-    loaded = read_params(params)
+    loaded = load_params(params)
     if pretrained:
-        modality_name = _required(modality and modality.value, "--modality")
-        if modality_name not in PRETRAINED_MODALITIES:
-            raise ConfigError("--modality", f"no pretrained {modality_name} embedder; expected "
+        from stages import evaluate_pretrained
+        modality = Modality(_required(modality, "--modality"))
+        if modality not in PRETRAINED_MODALITIES:
+            raise ConfigError("--modality", f"no pretrained {modality} embedder; expected "
                                             f"{' or '.join(PRETRAINED_MODALITIES)}", "command line")
-        if modality_name == "voice" and task_name != "seen_heard":
-            raise ConfigError("--task", "the voice embedder needs speech: expected seen_heard", "command line")
-        run_stage(stage.run_pretrained, loaded.pretrained_baselines, modality_name, task_name, crops_dir, mels_dir,
+        run_stage(evaluate_pretrained.run, loaded.pretrained_baselines, modality, task, crops_dir, mels_dir,
                   decoded_dir, out, workers,
-                  metrics=metrics or Path("metrics") / f"eval_pretrained_{modality_name}_{task_name}.json")
+                  metrics=metrics or Path("metrics") / f"eval_pretrained_{modality}_{task}.json")
         return
-    spec = Run(_required(modality and modality.value, "--modality"),
-               None if untrained else _required(sampling and sampling.value, "--sampling"), task_name,
+    from stages import evaluate as stage
+    spec = Run(_required(modality, "--modality"), None if untrained else _required(sampling, "--sampling"), task,
                loaded.seed if seed is None else seed, seed is not None)
     result = stage.run(loaded.evaluate, spec, crops_dir, mels_dir, models_dir, out,
                        precision=loaded.train.precision, untrained_normalize=loaded.train.normalize)

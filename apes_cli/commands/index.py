@@ -55,7 +55,7 @@ def command(
     workers: WorkersOption = 1,
 ) -> None:
     """Index videos."""
-    from stages.footage.indexing import index_videos  # imported here so `apes-cli --help` starts fast
+    from stages.footage.indexing import index_videos
     from stages.media.video_jobs import resolve_workers
     settings = settings_from(face_rate, detect_height, upsample, chips_per_track, model)
     with Bar() as bar:

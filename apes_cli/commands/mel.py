@@ -15,9 +15,9 @@ from apes_cli.common import (
     chosen_splits,
     friendly_errors,
     overridden,
-    read_params,
     run_stage,
 )
+from stages.core.config import load_params
 
 NAME = "mel"
 HELP = ("For each labelled face track, cut mel.snippet_seconds snippets of the decoded 16 kHz audio under its "
@@ -36,7 +36,7 @@ def command(
     metrics: MetricsOption = Path("metrics/mel.json"),
 ) -> None:
     """Compute voice snippet log-mels for every decoded video."""
-    from stages import mel  # imported here so `apes-cli --help` starts without torch
-    loaded = read_params(params)
+    from stages import mel
+    loaded = load_params(params)
     run_stage(mel.run, overridden(loaded.mel, "mel", workers=workers), decoded, out, chosen_splits(split),
               metrics=metrics)

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from apes_cli.common import MetricsOption, ParamsOption, friendly_errors, overridden, read_params, run_stage
+from apes_cli.common import MetricsOption, ParamsOption, friendly_errors, overridden, run_stage
+from stages.core.config import load_params
 from stages.core.errors import ConfigError
 
 NAME = "report"
@@ -48,7 +49,7 @@ def command(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Write the benchmark report."""
-    from stages import report  # imported here so `apes-cli --help` starts without torch
-    loaded = read_params(params)
+    from stages import report
+    loaded = load_params(params)
     run_stage(report.run, overridden(loaded.report, "report", seeds=None if seeds is None else _parse_seeds(seeds)),
               eval_dir, crops_dir, out, train_dir, asd_metrics, metrics=metrics)

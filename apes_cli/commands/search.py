@@ -61,7 +61,7 @@ def command(
     workers: WorkersOption = 1,
 ) -> None:
     """Search videos for a person."""
-    from stages.footage.search import search  # imported here so `apes-cli --help` starts fast
+    from stages.footage.search import search
     from stages.media.video_jobs import resolve_workers
     settings = settings_from(face_rate, detect_height, upsample, chips_per_track, model)
     notes: list[str] = []

@@ -13,9 +13,9 @@ from apes_cli.common import (
     WorkersOption,
     friendly_errors,
     overridden,
-    read_params,
     run_stage,
 )
+from stages.core.config import load_params
 
 NAME = "synth"
 HELP = ("Generate the embedded mini-APES: untrimmed mp4 videos (procedural faces, espeak-ng voices, music "
@@ -34,7 +34,7 @@ def command(
     metrics: MetricsOption = Path("metrics/synth.json"),
 ) -> None:
     """Generate the embedded data set."""
-    from stages import synth  # imported here so `apes-cli --help` starts without torch
-    loaded = read_params(params)
+    from stages import synth
+    loaded = load_params(params)
     run_stage(synth.run, overridden(loaded.synth, "synth", workers=workers), loaded.seed if seed is None else seed,
               out, metrics=metrics)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import enum
 import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from apes_cli.common import Bar, Modality, ParamsOption, Sampling, Task, friendly_errors, read_params, report_metrics
+from apes_cli.common import Bar, ParamsOption, friendly_errors, report_metrics
+from stages.core.choices import Device, Modality, Profile, Sampling, Task
+from stages.core.config import load_params
 from stages.core.runs import Run
 
 NAME = "train"
@@ -24,22 +25,6 @@ HELP = (
     "voice and crossmodal need --task seen_heard.\n\n"
     "Several processes: torchrun --nproc_per_node 2 $(which apes-cli) train ... (DDP; rank 0 writes). docs/training.md"
 )
-
-
-class Device(str, enum.Enum):
-    """Where to train."""
-
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-class Profile(str, enum.Enum):
-    """Which schedule: params.yaml's, the paper's text (section 4.1) or the authors' released code."""
-
-    embedded = "embedded"
-    paper = "paper"
-    authors = "authors"
 
 
 @friendly_errors
@@ -65,15 +50,15 @@ def command(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Train one run."""
-    from stages import train as stage  # imported here so `apes-cli --help` starts without torch
-    loaded = read_params(params)
-    settings = loaded.train if profile is None else dataclasses.replace(loaded.train, profile=profile.value)
-    spec = Run(modality.value, sampling.value, task.value, loaded.seed if seed is None else seed, seed is not None)
+    from stages import train as stage
+    loaded = load_params(params)
+    settings = loaded.train if profile is None else dataclasses.replace(loaded.train, profile=profile)
+    spec = Run(modality, sampling, task, loaded.seed if seed is None else seed, seed is not None)
     metrics = metrics or Path("metrics") / f"train_{spec.name}.json"
     leader = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
     with (Bar() if leader else contextlib.nullcontext()) as bar:
         result = stage.run(settings, spec, crops_dir, mels_dir, triplets_dir, out, metrics.with_suffix(".tsv"),
-                           eval_batch_size=loaded.evaluate.batch_size, device=device.value, resume=resume,
+                           eval_batch_size=loaded.evaluate.batch_size, device=device, resume=resume,
                            progress=bar)
     if leader:
         report_metrics(result, metrics)

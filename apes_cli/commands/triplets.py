@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from apes_cli.common import ParamsOption, friendly_errors, read_params, run_stage
+from apes_cli.common import ParamsOption, friendly_errors, run_stage
+from stages.core.config import load_params
 
 NAME = "triplets"
 HELP = (
@@ -27,6 +28,6 @@ def command(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Write the tracklet tables and Table 2."""
-    from stages import triplets as stage  # imported here so `apes-cli --help` starts without torch
-    settings = read_params(params).triplets
+    from stages import triplets as stage
+    settings = load_params(params).triplets
     run_stage(stage.run, settings, crops_dir, mels_dir, out, metrics=metrics)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import re
 import types
 import typing
@@ -12,13 +13,19 @@ from typing import Any
 
 import yaml
 
+from stages.core.choices import (
+    CROP_SIZE_RANGE,
+    CropFormat,
+    CrossmodalInit,
+    Mining,
+    Modality,
+    Precision,
+    Profile,
+    Sampling,
+    Source,
+    Task,
+)
 from stages.core.errors import ConfigError
-
-TASKS = ("seen_heard", "seen")
-STRATEGIES = ("weak", "within", "across")
-MODALITIES = ("face", "voice", "crossmodal")
-SOURCES = ("synth", "download")   # data.source: the `apes-cli` command that fills the raw layout
-CROP_FORMATS = ("raw", "jpeg")   # crop.format: how crop shards store pixels (docs/media.md)
 
 
 def _check(cond: bool, key: str, message: str) -> None:
@@ -30,7 +37,7 @@ def _check(cond: bool, key: str, message: str) -> None:
 class DataParams:
     """Which stage's raw layout the pipeline reads: each source writes its own folder."""
 
-    source: str = "synth"
+    source: Source = Source.synth
 
     @property
     def raw_dir(self) -> str:
@@ -38,7 +45,7 @@ class DataParams:
         return f"data/raw_{self.source}"
 
     def validate(self, key: str) -> None:
-        _check(self.source in SOURCES, f"{key}.source", f"expected one of {', '.join(SOURCES)}")
+        """Every value is checked by its type (a Source)."""
 
 
 @dataclass(frozen=True)
@@ -147,13 +154,13 @@ class CropParams:
 
     size: int = 64
     margin: float = 0.1
-    format: str = "raw"
+    format: CropFormat = CropFormat.raw
     quality: int = 90
     workers: int = 0
 
     def validate(self, key: str) -> None:
-        _check(16 <= self.size <= 512 and self.size % 2 == 0, f"{key}.size", "expected an even 16..512 pixels")
-        _check(self.format in CROP_FORMATS, f"{key}.format", f"expected one of {', '.join(CROP_FORMATS)}")
+        lo, hi = CROP_SIZE_RANGE
+        _check(lo <= self.size <= hi and self.size % 2 == 0, f"{key}.size", f"expected an even {lo}..{hi} pixels")
         _check(1 <= self.quality <= 100, f"{key}.quality", "expected a JPEG quality 1..100")
         _check(0.0 <= self.margin <= 1.0, f"{key}.margin", "expected a value in [0, 1]")
         _check(self.workers >= 0, f"{key}.workers", "expected >= 0 (0 = one per core)")
@@ -186,15 +193,11 @@ class MelParams:
 class TripletParams:
     """Which tasks and sampling strategies get sample sets."""
 
-    tasks: tuple[str, ...] = TASKS
-    strategies: tuple[str, ...] = STRATEGIES
+    tasks: tuple[Task, ...] = tuple(Task)
+    strategies: tuple[Sampling, ...] = tuple(Sampling)
 
     def validate(self, key: str) -> None:
-        for task in self.tasks:
-            _check(task in TASKS, f"{key}.tasks", f"unknown task '{task}', expected one of {TASKS}")
-        for strategy in self.strategies:
-            _check(strategy in STRATEGIES, f"{key}.strategies",
-                   f"unknown strategy '{strategy}', expected one of {STRATEGIES}")
+        """Every value is checked by its type (Task, Sampling)."""
 
 
 @dataclass(frozen=True)
@@ -211,28 +214,23 @@ class OptimParams:
         _check(self.step_epochs >= 1, f"{key}.step_epochs", "expected >= 1")
 
 
-CROSSMODAL_INITS = ("scratch", "single_runs")  # train.crossmodal_init: how cross-modal streams start
-
-PROFILES = ("embedded", "paper", "authors")  # params.yaml's schedule, the paper's text, the authors' released code
-
-
 @dataclass(frozen=True)
 class TrainParams:
     """Triplet training of the face, voice and cross-modal networks."""
 
-    profile: str = "embedded"
+    profile: Profile = Profile.embedded
     margin: float = 1.0
     batch_size: int = 48
-    mining: str = "none"
+    mining: Mining = Mining.none
     normalize: bool = False
     pk_k: int = 4
     threads: int = 2
     workers: int = 0
     pretrained: str = ""
     steps_per_epoch: int = 14
-    precision: str = "auto"
+    precision: Precision = Precision.auto
     compile: bool = False
-    crossmodal_init: str = "scratch"
+    crossmodal_init: CrossmodalInit = CrossmodalInit.scratch
     max_crops_per_track: int = 16
     val_every: int = 1
     val_items_per_track: int = 2
@@ -241,23 +239,21 @@ class TrainParams:
     crossmodal: OptimParams = OptimParams(lr=3e-4, epochs=2, step_epochs=2)
 
     def validate(self, key: str) -> None:
-        _check(self.profile in PROFILES, f"{key}.profile", f"expected one of {PROFILES}")
         _check(self.margin > 0, f"{key}.margin", "expected > 0")
         _check(self.batch_size >= 3, f"{key}.batch_size", "expected >= 3")
-        _check(self.mining in ("none", "batch_hard", "semi_hard"), f"{key}.mining",
-               "expected 'none', 'batch_hard' or 'semi_hard'")
         _check(self.pk_k >= 2, f"{key}.pk_k", "expected >= 2")
         _check(self.threads >= 1, f"{key}.threads", "expected >= 1")
         _check(self.workers >= 0, f"{key}.workers", "expected >= 0")
         _check(self.steps_per_epoch >= 1, f"{key}.steps_per_epoch", "expected >= 1")
-        _check(self.precision in ("auto", "bf16", "fp32"), f"{key}.precision", "expected 'auto', 'bf16' or 'fp32'")
-        _check(self.crossmodal_init in CROSSMODAL_INITS, f"{key}.crossmodal_init",
-               f"expected one of {', '.join(CROSSMODAL_INITS)}")
         _check(self.max_crops_per_track >= 0, f"{key}.max_crops_per_track", "expected >= 0 (0 = all)")
         _check(self.val_every >= 1, f"{key}.val_every", "expected >= 1")
         _check(self.val_items_per_track >= 1, f"{key}.val_items_per_track", "expected >= 1")
-        for name in MODALITIES:
-            getattr(self, name).validate(f"{key}.{name}")
+        for modality in Modality:
+            self.optim(modality).validate(f"{key}.{modality}")
+
+    def optim(self, modality: Modality | str) -> OptimParams:
+        """The optimiser settings of one modality's runs."""
+        return getattr(self, Modality(modality).value)
 
 
 @dataclass(frozen=True)
@@ -355,6 +351,10 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             except ConfigError as error:
                 last = error
         raise last  # type: ignore[misc]
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        if not isinstance(value, str) or value not in {choice.value for choice in hint}:
+            raise ConfigError(key, f"expected one of {', '.join(choice.value for choice in hint)}, got {value!r}")
+        return hint(value)
     if hint is type(None):
         if value is not None:
             raise ConfigError(key, f"expected null, got {value!r}")
@@ -390,9 +390,6 @@ def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
     for name, value in raw.items():
         key = f"{prefix}.{name}" if prefix else name
         kwargs[name] = _coerce(value, hints[name], key)
-    if prefix:
-        defaults = cls()
-        kwargs = {f.name: kwargs.get(f.name, getattr(defaults, f.name)) for f in dataclasses.fields(cls)}
     return cls(**kwargs)
 
 
@@ -403,13 +400,13 @@ def params_from_dict(raw: dict[str, Any] | None, file: str | Path = "params.yaml
         params.validate()
     except ConfigError as error:
         if str(file) != "params.yaml":
-            raise ConfigError(error.key, str(error).split(": ", 2)[-1], file) from None
+            raise ConfigError(error.key, error.message, file) from None
         raise
     return params
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate params.yaml; a missing file gives the defaults."""
+    """Read and validate params.yaml; a missing file is an error (the defaults alone are never a run's config)."""
     path = Path(path)
     if not path.exists():
         raise ConfigError("(file)", "not found; run from the project root or pass --params", path)
@@ -422,7 +419,4 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     return params_from_dict(raw, path)
 
 
-__all__ = [
-    "Params", "load_params", "params_from_dict",
-    "TASKS", "STRATEGIES", "MODALITIES", "SOURCES",
-]
+__all__ = ["Params", "load_params", "params_from_dict"]

@@ -13,7 +13,7 @@ class ConfigError(ApesError):
     """A bad or unknown key in params.yaml."""
 
     def __init__(self, key: str, message: str, file: str | Path = "params.yaml") -> None:
-        self.key = key
+        self.key, self.message = key, message
         super().__init__(f"{file}: {key}: {message}")
 
 

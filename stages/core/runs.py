@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stages.core.errors import ConfigError
-
-SPEECH_MODALITIES = ("voice", "crossmodal")
-SPEECH_TASK = "seen_heard"
+from stages.core.choices import Modality, Sampling, Task, check_task_fits
 
 
 @dataclass(frozen=True)
@@ -15,17 +12,18 @@ class Run:
     """One cell of the grid; `sampling` is None for the untrained network; the seed joins the name only when asked
     (several seeds side by side). A run that cannot exist is refused when made."""
 
-    modality: str
-    sampling: str | None
-    task: str
+    modality: Modality
+    sampling: Sampling | None
+    task: Task
     seed: int
     seed_in_name: bool = False
 
     def __post_init__(self) -> None:
-        """Voice and cross-modal runs need speech: only the seen_heard task has it for every tracklet."""
-        if self.modality in SPEECH_MODALITIES and self.task != SPEECH_TASK:
-            raise ConfigError("--task", f"modality '{self.modality}' needs task '{SPEECH_TASK}' (task '{self.task}' "
-                              "holds silent tracks without voice snippets)", "command line")
+        """Plain strings become their choices; a speech modality on a task with silent tracks is refused."""
+        object.__setattr__(self, "modality", Modality(self.modality))
+        object.__setattr__(self, "sampling", None if self.sampling is None else Sampling(self.sampling))
+        object.__setattr__(self, "task", Task(self.task))
+        check_task_fits(self.modality, self.task)
 
     @property
     def name(self) -> str:

@@ -7,7 +7,7 @@ of up to `max_crops` evenly spaced crops per tracklet. Voice: Resemblyzer on the
 mel snippets (cut from `decode`'s WAV at each snippet's start), up to `max_snippets` evenly spaced,
 concatenated. The tracklets are exactly those `evaluate` ranks (stages.learning.tracklets.load_tracklets).
 
-    apes-cli evaluate --pretrained --modality face --task seen_heard   (stages.evaluate.run_pretrained)
+    apes-cli evaluate --pretrained --modality face --task seen_heard   (stages.evaluate_pretrained.run)
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from stages.core.choices import Modality, Task
 from stages.core.errors import DataError
 from stages.core.progress import Progress, Silent
 from stages.footage.face_embedding import DlibFaceEmbedder
 from stages.media.shards import audio_path, metadata, plan_path, shard_path
 
-PRETRAINED_MODELS = {"face": "dlib_face_recognition_resnet_model_v1", "voice": "resemblyzer 0.1.4"}
+PRETRAINED_MODELS = {Modality.face: "dlib_face_recognition_resnet_model_v1", Modality.voice: "resemblyzer 0.1.4"}
 _worker_embedder = None  # one dlib network per worker process (dlib holds the GIL, so workers are processes)
 BLOCK = 32  # crops per task handed to a worker
 
@@ -63,7 +64,8 @@ def face_embeddings(crops_dir: str | Path, mels_dir: str | Path | None, split: s
 
 
 def voice_embeddings(crops_dir: str | Path, mels_dir: str | Path, decoded_dir: str | Path, split: str,
-                     task: str = "seen_heard", max_snippets: int = 16, progress: Progress | None = None) -> pa.Table:
+                     task: Task = Task.seen_heard, max_snippets: int = 16,
+                     progress: Progress | None = None) -> pa.Table:
     """Resemblyzer embeddings (256-d) of the speech of each tracklet (tracklets without speech: an error)."""
     from stages.footage.speech import SAMPLE_RATE, embed_audio
     from stages.learning.embed import embeddings_table
@@ -93,7 +95,7 @@ def voice_embeddings(crops_dir: str | Path, mels_dir: str | Path, decoded_dir: s
             mine = sorted(starts.get(entities[row], []))
             if not mine:
                 raise DataError(shard, f"tracklet {entities[row]} has no voice snippet; the voice embedder "
-                                       "needs the seen_heard task")
+                                       f"needs the {Task.seen_heard} task")
             pick = np.unique(np.round(np.linspace(0, len(mine) - 1, min(len(mine), max_snippets))).astype(int))
             pieces = [audio[max(0, int(round((mine[i] - audio_start) * rate))):][:length] for i in pick]
             out[row] = embed_audio(np.concatenate(pieces))

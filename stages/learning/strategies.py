@@ -18,13 +18,14 @@ from typing import ClassVar
 
 import numpy as np
 
+from stages.core.choices import Sampling
 from stages.learning.pool import Pool, uniform_index
 
 
 class Strategy:
     """A sampling rule; subclasses fill in the bags and the draws."""
 
-    name: ClassVar[str]
+    name: ClassVar[Sampling]
     clean: ClassVar[bool] = True  # negatives never share the anchor's identity
     distinct_tracks: ClassVar[bool] = True  # a positive comes from another tracklet than its anchor
 
@@ -68,7 +69,7 @@ class Strategy:
 class Weak(Strategy):
     """Another frame of the anchor's own tracklet against any other tracklet; no identity labels."""
 
-    name = "weak"
+    name = Sampling.weak
     clean = False
     distinct_tracks = False
 
@@ -131,7 +132,7 @@ class _Labelled(Strategy):
 class Within(_Labelled):
     """Negatives from the anchor's own video; P x K batches fill video by video, negatives masked to it."""
 
-    name = "within"
+    name = Sampling.within
 
     def bag_sizes(self, pool: Pool) -> tuple[np.ndarray, np.ndarray]:
         tracks = pool.tracks
@@ -164,7 +165,7 @@ class Within(_Labelled):
 class Across(_Labelled):
     """Negatives from any video."""
 
-    name = "across"
+    name = Sampling.across
 
     def bag_sizes(self, pool: Pool) -> tuple[np.ndarray, np.ndarray]:
         same_identity = pool.identity_size[pool.tracks.identity]
@@ -179,11 +180,11 @@ class Across(_Labelled):
         return [pool.identity_members(i) for i in rng.choice(identities, size=min(p, len(identities)), replace=False)]
 
 
-STRATEGIES: dict[str, Strategy] = {strategy.name: strategy for strategy in (Weak(), Within(), Across())}
+STRATEGY_RULES: dict[Sampling, Strategy] = {rules.name: rules for rules in (Weak(), Within(), Across())}
 
 
-def strategy_named(name: str) -> Strategy:
-    """The strategy object of a sampling name (weak, within, across)."""
-    if name not in STRATEGIES:
-        raise ValueError(f"unknown strategy {name!r}, expected one of {', '.join(STRATEGIES)}")
-    return STRATEGIES[name]
+def strategy_named(name: Sampling | str) -> Strategy:
+    """The rules of a sampling choice (weak, within, across)."""
+    if name not in STRATEGY_RULES:
+        raise ValueError(f"unknown strategy {name!r}, expected one of {', '.join(STRATEGY_RULES)}")
+    return STRATEGY_RULES[Sampling(name)]

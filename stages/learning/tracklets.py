@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from stages.core.errors import DataError
 from stages.core.schemas import TRACKLETS
 from stages.learning.pool import STREAMS, Pool, Tracks
-from stages.learning.strategies import STRATEGIES
+from stages.learning.strategies import STRATEGY_RULES
 from stages.media.shards import shard_paths
 from stages.rawdata.layout import AMBIGUOUS
 
@@ -144,7 +144,7 @@ def sampling_statistics(tracklets: pa.Table) -> dict[str, dict[str, float | int 
     """
     pool = Pool(tracks_of(tracklets), STREAMS["face"])
     stats: dict[str, dict[str, float | int | bool]] = {}
-    for name, strategy in STRATEGIES.items():
+    for name, strategy in STRATEGY_RULES.items():
         anchors = strategy.anchors(pool)
         positives, negatives = strategy.bag_sizes(pool)
         count = len(anchors)
