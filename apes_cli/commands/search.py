@@ -12,8 +12,10 @@ from apes_cli.commands.index import (ChipsOption, DetectHeightOption, FaceRateOp
 from apes_cli.common import Bar, friendly_errors
 
 NAME = "search"
-HELP = ("Find every moment a person is on screen (--face PHOTO) or heard (--voice CLIP), or on screen and "
-        "heard (both), in one or more videos. Indexes each video once (see `apes-cli index`; later queries "
+HELP = ("Find every moment a person is on screen (--face PHOTO) or heard (--voice CLIP), or "
+        "on screen and talking (a face query's `speaking` hits; with a voice clip too they need both), in one or "
+        "more videos; a face query alone also finds her voice, enrolled from her own speaking hits, on or off "
+        "screen. Indexes each video once (see `apes-cli index`; later queries "
         "reuse the index and take under a second). Writes OUT/results.json (query, videos, hits sorted by "
         "score, each with video, start, end, score, match, modality, track) and OUT/results.html (a page "
         "with thumbnails that opens offline; each time links to VIDEO#t=START), and prints the matches. "

@@ -18,7 +18,7 @@ th{background:#f0f0f0;font-size:13px}
 td.thumbs img{width:64px;height:64px;margin-right:4px;border-radius:3px}
 tr.match td{background:#effaf0} tr.nomatch td{color:#777}
 .badge{display:inline-block;padding:1px 7px;border-radius:9px;font-size:12px;background:#ddd}
-.badge.face{background:#cfe3ff} .badge.voice{background:#ffe2c4} .badge.both{background:#d9f2d0}
+.badge.face{background:#cfe3ff} .badge.voice{background:#ffe2c4} .badge.speaking{background:#d9f2d0}
 .none{color:#999;font-size:12px}
 """
 
@@ -55,6 +55,10 @@ def render(results: dict[str, Any], thumbnails: list[list[bytes]], query_face: b
         q = query["voice"]
         lines.append(f"Voice: {esc(Path(q['clip']).name)} ({q['speech_seconds']:.1f} s of speech; "
                      f"match when score &ge; {q['threshold']:.2f})")
+    for video in query.get("enrolled_voice", {}).get("videos", []):
+        lines.append(f"Her voice, enrolled from her speaking hits in {esc(Path(video['video']).name)}: "
+                     f"{video['speech_seconds']:.1f} s" + ("" if video["enrolled"] else
+                     f" (under {query['enrolled_voice']['min_seconds']:.0f} s: not enrolled)"))
     videos = results["videos"]
     lines.append(f"{len(videos)} video(s): " + ", ".join(esc(Path(v["path"]).name) for v in videos))
     summary = results["summary"]

@@ -183,8 +183,8 @@ def build_entry(video: str | Path, settings: IndexSettings, index_dir: str | Pat
         raise audio["error"]
     segments, speech_seconds = audio["value"]
     audio_seconds = audio["seconds"]
-    links = associate([(s.start, s.end) for s in segments], [(t.track_id, t.start, t.end) for t in tracks])
-    parts, asd_counters = _speakers(info, segments, [ids for ids, _ in links], tracks)
+    visible = associate([(s.start, s.end) for s in segments], [(t.track_id, t.start, t.end) for t in tracks])
+    parts, asd_counters = _speakers(info, segments, visible, tracks)
     faces = pa.table({
         "video_sha256": pa.array([digest] * len(tracks), pa.string()),
         "track": pa.array([t.track_id for t in tracks], pa.int32()),

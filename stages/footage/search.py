@@ -6,7 +6,9 @@ scores every face track and speech segment, and writes `out_dir/results.json` an
 
 results.json: {"query": {...}, "videos": [...], "hits": [...], "summary": {...}}; each hit has `video`,
 `start`, `end` (s), `score` (higher = more alike), `match` (score >= the threshold), `modality` (face,
-voice or both) and `track` ("face-<id>", "speech-<id>" or "speech-<id>+face-<id>"). Sorted by score.
+voice or speaking) and `track` ("face-<id>" or "speech-<id>"; a speaking hit also has `segment`). With a
+face query alone, voice hits come from her voice enrolled from her own speaking hits (`enrolled_from`).
+Sorted by score.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from stages.core.progress import Progress
 from stages.footage.index_store import VideoIndex, read_entry
 from stages.footage.settings import VOICE_THRESHOLD, IndexSettings
 from stages.footage.indexing import index_videos
+
+# Seconds of her own speaking hits needed to enrol her voice from a face query (docs/search.md).
+ENROL_SECONDS = 3.0
 
 
 def _face_hits(index: VideoIndex, video: str, query: np.ndarray, embedder, threshold: float) -> list[dict]:
@@ -57,24 +62,51 @@ def _voice_hits(index: VideoIndex, video: str, query: np.ndarray, threshold: flo
     return hits
 
 
-def _both_hits(face_hits: list[dict], voice_hits: list[dict]) -> list[dict]:
-    """Seen & Heard: a speech segment heard while a face track is on screen, scored by both queries."""
+def _speaking_hits(index: VideoIndex, video: str, face_hits: list[dict], voice_hits: list[dict] | None
+                   ) -> list[dict]:
+    """Seen & Heard: each speech row given to a face track (active speaker detection), scored by the face
+    query, and with a voice query also by the voice (then a match needs both)."""
     by_track = {hit["track"]: hit for hit in face_hits}
+    by_segment = {hit["track"]: hit for hit in voice_hits or []}
+    speech = index.speech
     out = []
-    for voice in voice_hits:
-        for name in voice["faces"]:
-            face = by_track.get(name)
-            if face is None:
-                continue
-            start, end = max(voice["start"], face["start"]), min(voice["end"], face["end"])
-            if end - start <= 0:
-                continue
-            out.append({"video": voice["video"], "start": round(start, 3), "end": round(end, 3),
-                        "score": round((voice["score"] + face["score"]) / 2, 4),
-                        "match": bool(voice["match"] and face["match"]), "modality": "both",
-                        "track": f"{voice['track']}+{name}", "face_score": face["score"],
-                        "voice_score": voice["score"], "_thumbs": face["_thumbs"]})
+    for row in range(speech.num_rows):
+        speaker = speech["speaker_track"][row].as_py()
+        face = by_track.get(f"face-{speaker}") if speaker >= 0 else None
+        if face is None:
+            continue
+        segment = f"speech-{speech['segment'][row].as_py()}"
+        start = max(speech["start"][row].as_py(), face["start"])
+        end = min(speech["end"][row].as_py(), face["end"])
+        if end - start <= 0:
+            continue
+        hit = {"video": video, "start": round(start, 3), "end": round(end, 3), "score": face["score"],
+               "match": face["match"], "modality": "speaking", "track": face["track"], "segment": segment,
+               "face_score": face["score"], "speaker_score": round(float(speech["speaker_score"][row].as_py()), 4),
+               "_thumbs": face["_thumbs"]}
+        voice = by_segment.get(segment)
+        if voice is not None:
+            hit.update(score=round((face["score"] + voice["score"]) / 2, 4), voice_score=voice["score"],
+                       match=bool(face["match"] and voice["match"]))
+        out.append(hit)
     return out
+
+
+def _enrolled_voice(index: VideoIndex, speaking: list[dict]) -> tuple[np.ndarray | None, list[str], float]:
+    """Her voice from her own matched `speaking` hits: the duration-weighted mean of their segments'
+    embeddings (None under ENROL_SECONDS of speech), the segment ids and the seconds of speech used."""
+    rows = {f"speech-{s}": row for row, s in enumerate(index.speech["segment"].to_pylist())}
+    chosen = sorted({hit["segment"] for hit in speaking if hit["match"]}, key=lambda s: rows[s])
+    if not chosen:
+        return None, [], 0.0
+    matrix = index.voice_matrix()
+    weights = np.array([index.speech["end"][rows[s]].as_py() - index.speech["start"][rows[s]].as_py()
+                        for s in chosen])
+    seconds = float(weights.sum())
+    if seconds < ENROL_SECONDS:
+        return None, chosen, seconds
+    mean = (matrix[[rows[s] for s in chosen]] * weights[:, None]).sum(axis=0)
+    return mean / max(float(np.linalg.norm(mean)), 1e-9), chosen, seconds
 
 
 def search(videos: list[str | Path], out_dir: str | Path, settings: IndexSettings, index_dir: str | Path,
@@ -115,18 +147,31 @@ def search(videos: list[str | Path], out_dir: str | Path, settings: IndexSetting
     started = time.perf_counter()
     hits: list[dict] = []
     video_rows = []
+    enrolment: list[dict] = []
     for entry in entries:
         index = read_entry(entry.path)
         name = str(entry.video)
         face_hits = _face_hits(index, name, face_query.embedding, embedder, face_threshold) if face_query else []
         voice_hits = _voice_hits(index, name, voice_embedding, voice_threshold) if voice is not None else []
-        hits += face_hits + voice_hits + (_both_hits(face_hits, voice_hits) if face_query and voice_hits else [])
+        speaking = _speaking_hits(index, name, face_hits, voice_hits if voice is not None else None)
+        if face_query and voice is None:  # her voice, learnt from her own speaking hits, found on or off screen
+            enrolled, segments, seconds = _enrolled_voice(index, speaking)
+            enrolment.append({"video": name, "segments": segments, "speech_seconds": round(seconds, 2),
+                              "enrolled": enrolled is not None})
+            if enrolled is not None:
+                voice_hits = _voice_hits(index, name, enrolled, VOICE_THRESHOLD)
+                for hit in voice_hits:
+                    hit["enrolled_from"] = segments
+        hits += face_hits + voice_hits + speaking
         meta = entry.meta
         video_rows.append({"path": name, "sha256": entry.digest, "index": str(entry.path),
                            "indexed_now": entry.built, "duration": meta["duration"], "width": meta["width"],
                            "height": meta["height"], "fps": round(meta["fps"], 3), "tracks": meta["tracks"],
                            "speech_segments": meta["speech_segments"], "cuts": len(meta["cuts"]),
                            "index_seconds": meta["timings"]["total_seconds"]})
+    if enrolment:
+        query["enrolled_voice"] = {"from": "the face query's own speaking hits (matched)", "min_seconds": ENROL_SECONDS,
+                                   "embedder": "resemblyzer", "threshold": VOICE_THRESHOLD, "videos": enrolment}
     hits.sort(key=lambda h: (-h["score"], h["video"], h["start"]))
     hits = hits[:top]
     query_seconds = time.perf_counter() - started

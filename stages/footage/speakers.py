@@ -1,7 +1,9 @@
 """Who is speaking: each speech segment given to the face whose mouth moves with it (active speaker detection).
 
 For every speech segment with a face on screen, the segment's frames are decoded at the full frame rate
-(only the band of the frame that holds the faces, grey), each visible track's box is interpolated between
+(only the band of the frame that holds the faces, grey), with CONTEXT seconds either side (consecutive
+segments with the same faces share one span: a short span leaves too few frames for the synchrony to be
+told from chance), each visible track's box is interpolated between
 its detections to every frame, and stages/media/active_speaker.py scores the synchrony of each mouth
 region with the speech, per frame. A frame belongs to the best track when its score reaches MIN_SCORE and
 beats the next track's by MARGIN; runs shorter than MIN_PART are absorbed by their neighbours, and a
@@ -28,6 +30,7 @@ MIN_SCORE = 0.10      # windowed adjusted R^2 a speaking mouth reaches
 MARGIN = 0.08         # ... and by which it beats the next face on screen
 MIN_PART = 0.8        # seconds: shorter runs of one decision join their neighbours
 MAX_HEIGHT = 720      # frames are scaled to at most this height before the mouths are cut
+CONTEXT = 2.0         # seconds analysed either side of a segment (same faces): short spans overfit
 
 
 @dataclass
@@ -182,30 +185,54 @@ def assign_speakers(info: VideoInfo, segments: list, visible: list[list[int]], p
         return _assign(info, segments, visible, paths, embed)
 
 
+def _groups(segments: list, visible: list[list[int]], paths: dict[int, FaceTrackPath]
+            ) -> list[tuple[float, float, list[int], list[int]]]:
+    """Analysis spans: (start, end, track ids, segment numbers) of consecutive segments with the same faces
+    on screen, widened by CONTEXT seconds either side within the tracks' time on screen."""
+    groups: list[tuple[float, float, list[int], list[int]]] = []
+    for number, (segment, ids) in enumerate(zip(segments, visible)):
+        if not ids:
+            continue
+        first = min(paths[i].start for i in ids)
+        last = max(paths[i].end for i in ids)
+        lo, hi = max(first, segment.start - CONTEXT), min(last, segment.end + CONTEXT)
+        if groups and sorted(groups[-1][2]) == sorted(ids) and lo <= groups[-1][1]:
+            start, _, _, members = groups[-1]
+            groups[-1] = (start, max(hi, groups[-1][1]), ids, members + [number])
+        else:
+            groups.append((lo, hi, ids, [number]))
+    return groups
+
+
 def _assign(info: VideoInfo, segments: list, visible: list[list[int]], paths: list[FaceTrackPath],
             embed) -> tuple[list[SpeechPart], dict[str, float]]:
     by_id = {p.track_id: p for p in paths}
-    parts: list[SpeechPart] = []
-    counters = {"asd_seconds": 0.0, "asd_segments": 0, "asd_frames": 0, "asd_splits": 0}
-    for segment, ids in zip(segments, visible):
-        if not ids or not info.has_audio:
-            parts.append(SpeechPart(segment.start, segment.end, segment.embedding, ids, -1, 0.0))
-            continue
+    counters = {"asd_seconds": 0.0, "asd_spans": 0, "asd_frames": 0, "asd_splits": 0}
+    decided: dict[int, list[SpeechPart]] = {}
+    for start, end, ids, members in _groups(segments, visible, by_id) if info.has_audio else []:
         started = time.perf_counter()
-        tracks = [by_id[i] for i in ids]
-        times, audio, scores = _frame_scores(info, segment.start, segment.end, tracks)
-        runs = decide(scores, ids, info.fps) if audio.size else [(0, len(times), -1, 0.0)]
-        counters["asd_segments"] += 1
+        times, audio, scores = _frame_scores(info, start, end, [by_id[i] for i in ids])
+        counters["asd_spans"] += 1
         counters["asd_frames"] += len(times)
-        if len(runs) == 1:
-            _, _, speaker, score = runs[0]
-            parts.append(SpeechPart(segment.start, segment.end, segment.embedding, ids, speaker, score))
-        else:
+        for number in members:
+            segment = segments[number]
+            inside = np.flatnonzero((times >= segment.start) & (times < segment.end))
+            if not audio.size or inside.size == 0:
+                continue
+            runs = decide(scores[:, inside], ids, info.fps)
+            if len(runs) == 1:
+                decided[number] = [SpeechPart(segment.start, segment.end, segment.embedding, ids, runs[0][2],
+                                              runs[0][3])]
+                continue
             counters["asd_splits"] += len(runs) - 1
-            edges = [segment.start] + [float(times[a]) - 0.5 / info.fps for a, _, _, _ in runs[1:]] + [segment.end]
+            edges = [segment.start] + [float(times[inside[a]]) - 0.5 / info.fps for a, _, _, _ in runs[1:]]
+            edges.append(segment.end)
+            decided[number] = []
             for (_, _, speaker, score), lo, hi in zip(runs, edges[:-1], edges[1:]):
-                offset = float(times[0])
-                piece = audio[max(0, int((lo - offset) * SAMPLE_RATE)):int((hi - offset) * SAMPLE_RATE)]
-                parts.append(SpeechPart(round(lo, 3), round(hi, 3), embed(piece), ids, speaker, score))
+                piece = audio[max(0, int((lo - times[0]) * SAMPLE_RATE)):int((hi - times[0]) * SAMPLE_RATE)]
+                decided[number].append(SpeechPart(round(lo, 3), round(hi, 3), embed(piece), ids, speaker, score))
         counters["asd_seconds"] += time.perf_counter() - started
+    parts: list[SpeechPart] = []
+    for number, (segment, ids) in enumerate(zip(segments, visible)):
+        parts += decided.get(number, [SpeechPart(segment.start, segment.end, segment.embedding, ids, -1, 0.0)])
     return parts, counters

@@ -1,0 +1,166 @@
+"""Who is speaking: the synchrony core (stages/media/active_speaker.py), the index's speaker per speech
+segment (stages/footage/speakers.py) and the `speaking` / enrolled `voice` hits of a face query.
+
+The video (tests/talking_media.py): 13.6 s at 640x360, real photos whose mouths open with real speech:
+  0.0-4.4   A and B on screen; A speaks (voice 90), B's lips move to unheard speech (the hard negative)
+  4.4-11.0  A and B; B speaks (voice 91), then A (voice 90), each face's lips still while the other talks
+  11.0-13.6 nobody on screen; A heard (voice 90)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from apes_cli.main import app
+from stages.footage.speakers import decide
+from stages.media.active_speaker import mouth_box, mouth_crops, speaking_scores, sync
+
+sys.path.insert(0, str(Path(__file__).parent))
+from search_media import overlap_seconds, precision_recall  # noqa: E402
+from talking_media import Scene, compose_talking, sample_piece, talkers  # noqa: E402
+
+runner = CliRunner()
+A, B = 0, 1
+FPS = 25
+
+
+@pytest.fixture(scope="session")
+def talk(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The composed video indexed once, its truth, and a query photo of A."""
+    root = tmp_path_factory.mktemp("talk")
+    a1, a2, a3 = sample_piece(10.6, 14.45), sample_piece(18.6, 21.45), sample_piece(27.9, 30.0)
+    b1, b2 = sample_piece(21.8, 24.8), sample_piece(14.5, 17.9)
+    scenes = [Scene(4.4, [(A, 0.3), (B, 0.7)], [(A, a1)], {B: b2}),
+              Scene(6.6, [(A, 0.3), (B, 0.7)], [(B, b1), (A, a2)], background=(100, 80, 70)),
+              Scene(2.6, [], [(A, a3)], background=(30, 30, 30))]
+    video = root / "talk.mp4"
+    truth = compose_talking(video, "group", scenes, fps=FPS)
+    photo = root / "a.jpg"
+    face = cv2.flip(cv2.resize(talkers("group")[A].face, (180, 180), interpolation=cv2.INTER_AREA), 1)
+    cv2.imwrite(str(photo), cv2.cvtColor(face, cv2.COLOR_RGB2BGR))
+    index = root / "index"
+    result = runner.invoke(app, ["index", str(video), "--index-dir", str(index)])
+    assert result.exit_code == 0, result.output
+    entry = next(index.iterdir())
+    faces = pq.read_table(entry / "faces.parquet").to_pylist()
+    # the left face is A, the right one B (both stay on their side of the frame)
+    people = {row["track"]: A if np.mean(np.asarray(row["boxes"]).reshape(-1, 4)[:, [0, 2]]) < 0.5 else B
+              for row in faces}
+    return {"root": root, "video": video, "truth": truth, "photo": photo, "index": index, "entry": entry,
+            "people": people}
+
+
+def test_speech_goes_to_the_face_whose_lips_move_with_it(talk: dict) -> None:
+    speech = pq.read_table(talk["entry"] / "speech.parquet")
+    assert speech.schema.field("speaker_track").type == "int32"
+    assert speech.schema.field("speaker_score").type == "float"
+    rows = speech.to_pylist()
+    truth, people = talk["truth"], talk["people"]
+    for person, other in ((A, B), (B, A)):
+        spoken = [(a, b) for a, b in truth.seen_heard[person]]
+        given = [(r["start"], r["end"]) for r in rows if people.get(r["speaker_track"]) == person]
+        wrong = [(r["start"], r["end"]) for r in rows if people.get(r["speaker_track"]) == other]
+        seconds = sum(b - a for a, b in spoken)
+        assert overlap_seconds(given, spoken) >= 0.85 * seconds, (person, rows)
+        assert overlap_seconds(wrong, spoken) <= 0.1 * seconds, (person, rows)
+    # the second shot changes speaker inside it: B's part and A's part are separate rows
+    second = [r for r in rows if 4.4 <= (r["start"] + r["end"]) / 2 < 11.0 and r["speaker_track"] >= 0]
+    assert {people[r["speaker_track"]] for r in second} == {A, B}
+    # nobody is on screen in the last shot: no speaker there
+    assert all(r["speaker_track"] == -1 for r in rows if r["start"] >= 11.0)
+
+
+def test_face_query_finds_her_speaking_and_her_voice_off_screen(talk: dict) -> None:
+    out = talk["root"] / "face"
+    result = runner.invoke(app, ["search", str(talk["video"]), "--index-dir", str(talk["index"]), "--out", str(out),
+                                 "--face", str(talk["photo"])])
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    hits, truth = results["hits"], talk["truth"]
+    speaking = [(h["start"], h["end"]) for h in hits if h["modality"] == "speaking" and h["match"]]
+    precision, recall = precision_recall(speaking, truth.seen_heard[A])
+    assert precision >= 0.9 and recall >= 0.8, (precision, recall, hits)
+    assert all(h["segment"].startswith("speech-") and h["track"].startswith("face-")
+               for h in hits if h["modality"] == "speaking")
+    enrolment = results["query"]["enrolled_voice"]["videos"][0]
+    assert enrolment["enrolled"] and enrolment["speech_seconds"] >= 3.0
+    voice = [h for h in hits if h["modality"] == "voice" and h["match"]]
+    assert voice and all(h["enrolled_from"] == enrolment["segments"] for h in voice)
+    precision, recall = precision_recall([(h["start"], h["end"]) for h in voice], truth.heard[A])
+    assert precision >= 0.9 and recall >= 0.7, (precision, recall, hits)
+    assert any(h["start"] >= 11.0 for h in voice)  # heard with nobody on screen, found from her face alone
+    assert "speaking" in (out / "results.html").read_text()
+
+
+def test_with_a_voice_clip_too_speaking_hits_need_the_voice(talk: dict) -> None:
+    from search_media import write_wav
+    clip = write_wav(talk["root"] / "b.wav", sample_piece(24.8, 27.8))  # B's voice, A's face
+    out = talk["root"] / "both"
+    result = runner.invoke(app, ["search", str(talk["video"]), "--index-dir", str(talk["index"]), "--out", str(out),
+                                 "--face", str(talk["photo"]), "--voice", str(clip)])
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    speaking = [h for h in results["hits"] if h["modality"] == "speaking"]
+    assert speaking and all("voice_score" in h and "face_score" in h for h in speaking)
+    assert not any(h["match"] for h in speaking)  # her face, someone else's voice
+    assert "enrolled_voice" not in results["query"]
+
+
+def _mouth_frames(openings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Grey frames of a plain face whose mouth opens by `openings` (0..1), and its box per frame."""
+    frames = np.empty((len(openings), 120, 160), np.uint8)
+    for t, amount in enumerate(openings):
+        frame = np.tile(np.linspace(90, 170, 160, dtype=np.float32), (120, 1))
+        cv2.ellipse(frame, (80, 86), (16, 1 + int(amount * 9)), 0, 0, 360, 30, -1)
+        frames[t] = frame.astype(np.uint8)
+    return frames, np.tile([40.0, 20.0, 120.0, 105.0], (len(openings), 1))
+
+
+def _speech_like(seconds: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Noise bursts with a syllable-rate envelope (16 kHz) and that envelope per video frame."""
+    rng = np.random.default_rng(seed)
+    frames = int(seconds * FPS)
+    envelope = np.clip(np.convolve(rng.random(frames) > 0.6, np.ones(3) / 3, mode="same"), 0, 1)
+    audio = np.repeat(envelope, 16000 // FPS) * rng.normal(0, 0.2, frames * (16000 // FPS))
+    return audio.astype(np.float32), envelope
+
+
+def test_sync_prefers_the_mouth_in_time_and_finds_the_offset() -> None:
+    audio, envelope = _speech_like(6.0, 1)
+    in_sync = mouth_crops(*_mouth_frames(envelope))
+    late = mouth_crops(*_mouth_frames(np.roll(envelope, 3)))       # 3 frames behind the sound
+    other = mouth_crops(*_mouth_frames(_speech_like(6.0, 2)[1]))   # another stretch of speech
+    assert sync(in_sync, audio, FPS).score > 0.5
+    assert sync(other, audio, FPS).score < 0.2
+    assert sync(late, audio, FPS).offset == -3
+    scores = speaking_scores(in_sync, np.concatenate([audio[:audio.size // 2], np.zeros(audio.size // 2,
+                                                                                         np.float32)]), FPS)
+    assert scores[:40].mean() > 0.3 and np.all(scores[-40:] == 0)  # silence: nobody speaks audibly
+
+
+def test_mouth_is_placed_in_the_lower_middle_of_the_box_or_from_landmarks() -> None:
+    x1, y1, x2, y2 = mouth_box(np.array([100.0, 200.0, 200.0, 300.0]))
+    assert 120 <= x1 < x2 <= 180 and 250 <= y1 < y2 <= 300
+    eyes_and_nose = np.array([[170, 240], [155, 240], [130, 240], [145, 240], [150, 262]], np.float64)
+    mx1, my1, mx2, my2 = mouth_box(np.zeros(4), eyes_and_nose)
+    assert abs((mx1 + mx2) / 2 - 150) < 1 and 262 < (my1 + my2) / 2 < 285
+
+
+def test_decisions_need_a_clear_margin_and_short_runs_join_their_neighbours() -> None:
+    fps = 25
+    scores = np.full((2, 100), 0.05)
+    scores[0, :60] = 0.5    # track 7 clearly speaking for 2.4 s
+    scores[1, 60:] = 0.5    # then track 9
+    scores[0, 30:35] = 0.0  # a 0.2 s dip: too short to split
+    runs = decide(scores, [7, 9], fps)
+    assert [(a, b, who) for a, b, who, _ in runs] == [(0, 60, 7), (60, 100, 9)]
+    close = np.array([[0.50] * 50, [0.46] * 50])
+    assert decide(close, [7, 9], fps)[0][2] == -1  # under the margin: nobody
