@@ -14,6 +14,7 @@ from stages import asd
 from stages.core.config import AsdParams
 from stages.core.errors import DataError
 from stages.evaluation.active_speaker import read_box_csv, read_groundtruth, speaking_average_precision
+from stages.media.voice_activity import SAMPLE_RATE, speech_at, speech_regions, speech_regions_by_block
 from stages.report import asd_markdown
 
 runner = CliRunner()
@@ -159,6 +160,18 @@ def test_the_command_rejects_a_bad_file_in_one_line_with_exit_2(tmp_path):
 
 
 # --- the stage on generated videos ---------------------------------------------------------------------
+
+def test_the_vad_in_blocks_places_each_block_at_its_own_time():
+    from search_media import sample_audio   # 30 s of real speech by two people (fixtures/sample.wav)
+    audio = sample_audio()
+    whole = speech_regions(audio)
+    blocks = speech_regions_by_block(audio, 7.0)
+    assert all(0 <= start < end <= audio.size for start, end in blocks)
+    assert any(start >= 21 * SAMPLE_RATE for start, _ in blocks)   # the last block's regions are not at its start
+    times = np.arange(0, audio.size / SAMPLE_RATE, 0.05)
+    agree = (speech_at(whole, times) == speech_at(blocks, times)).mean()
+    assert agree > 0.9, agree
+
 
 def test_rule_baselines_on_hand_made_frames():
     frames = np.array([0, 0, 1, 2, 2, 2])
