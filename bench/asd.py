@@ -23,6 +23,7 @@ Run: .venv/bin/python -m bench.asd [--cast realdev] [--keep DIR]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -138,7 +139,15 @@ def run(cast: str, work: Path) -> dict:
     from stages.footage.settings import IndexSettings
     scenes = plan(cast)
     video = work / f"talk-{cast}.mp4"
-    truth = compose_talking(video, cast, scenes, WIDTH, HEIGHT, FPS)
+    saved = work / f"truth-{cast}.json"
+    if video.is_file() and saved.is_file():  # a kept folder: the same video again (composing takes minutes)
+        fields = json.loads(saved.read_text())
+        truth = TalkTruth(fields.pop("duration"), *({int(k): [tuple(x) for x in v] for k, v in fields[name].items()}
+                                                    for name in ("on_screen", "heard", "seen_heard", "out_of_sync")),
+                          fields["cuts"])
+    else:
+        truth = compose_talking(video, cast, scenes, WIDTH, HEIGHT, FPS)
+        saved.write_text(json.dumps(dataclasses.asdict(truth)))
     index_dir = work / "index"
     started = time.perf_counter()
     entries, summary = index_videos([video], IndexSettings(), index_dir)

@@ -94,8 +94,11 @@ def openness(audio: np.ndarray, fps: float, frames: int) -> np.ndarray:
         window = audio[max(0, centre - half):centre + half]
         levels.append(10 * np.log10(float(np.mean(window ** 2)) + 1e-10) if window.size else -100.0)
     level = np.array(levels[:frames])
-    peak = np.percentile(level, 95)
-    opening = np.clip((level - (peak - 30)) / 25, 0, 1)
+    # between a quiet and a loud moment of this very speech: broadcast speech, compressed to a narrow
+    # range of loudness, still opens and closes the mouth with its syllables
+    active = level[level > np.percentile(level, 95) - 40]
+    low, high = np.percentile(active, 15), np.percentile(active, 95)
+    opening = np.clip((level - low) / max(high - low, 3.0), 0, 1)
     return np.convolve(np.pad(opening, 1, mode="edge"), np.ones(3) / 3, mode="valid").astype(np.float32)
 
 

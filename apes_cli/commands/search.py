@@ -29,7 +29,7 @@ def _table(results: dict) -> str:
     lines = [f"{'video':<28} {'start':>8} {'end':>8} {'modality':<8} {'score':>6}  track"]
     for hit in matches:
         lines.append(f"{Path(hit['video']).name[-28:]:<28} {hit['start']:>8.2f} {hit['end']:>8.2f} "
-                     f"{hit['modality']:<8} {hit['score']:>6.3f}  {hit['track']}")
+                     f"{hit['modality']:<8} {hit['score']:>6.3f}  {hit['track']} {hit.get('segment', '')}".rstrip())
     return "\n".join(lines)
 
 

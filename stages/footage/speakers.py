@@ -7,7 +7,8 @@ told from chance), each visible track's box is interpolated between
 its detections to every frame, and stages/media/active_speaker.py scores the synchrony of each mouth
 region with the speech, per frame. A frame belongs to the best track when its score reaches MIN_SCORE and
 beats the next track's by MARGIN; runs shorter than MIN_PART are absorbed by their neighbours, and a
-segment whose frames go to different speakers is split there (each part its own voice embedding).
+segment whose frames go to different speakers is split there (each part its own voice embedding); one
+with a single speaker stays whole, hers when she holds at least half of it.
 How the thresholds were chosen, and what they give: docs/search.md ("Who is speaking").
 """
 
@@ -22,14 +23,18 @@ import ffmpeg
 import numpy as np
 
 from stages.core.errors import DataError
-from stages.media.active_speaker import (FEATURES, SAMPLE_RATE, mouth_crops, mouth_features, speech_envelope,
-                                         sync_features)
+from stages.media.active_speaker import (FEATURES, SAMPLE_RATE, high_pass, mouth_crops, mouth_features,
+                                         speech_envelope, sync_features)
 from stages.media.video_io import VideoInfo, ffmpeg_exe, read_audio
 
 MIN_SCORE = 0.10      # windowed adjusted R^2 a speaking mouth reaches
 MARGIN = 0.08         # ... and by which it beats the next face on screen
+STILL_RATIO = 1.55    # mouth motion under this many times the eyes' motion: lips not seen moving
+STILL_PROBE = 0.45    # the eye region: the mouth region moved up by this share of the box height
+LONE_SCORE = 0.25     # a face alone on screen has no rival to beat: it needs more (a still photo reached 0.17)
 MIN_PART = 0.8        # seconds: shorter runs of one decision join their neighbours
 MAX_HEIGHT = 720      # frames are scaled to at most this height before the mouths are cut
+SMOOTH_DETECTIONS = 5 # face boxes averaged over this many detections (2.5 s at 2 samples/s)
 CONTEXT = 2.0         # seconds analysed either side of a segment (same faces): short spans overfit
 
 
@@ -57,8 +62,14 @@ class FaceTrackPath:
 
     def boxes_at(self, times: np.ndarray) -> np.ndarray:
         """Boxes interpolated at `times` (held before the first and after the last detection), NaN outside
-        the track."""
-        out = np.stack([np.interp(times, self.times, self.boxes[:, i]) for i in range(4)], axis=1)
+        the track. The detections are smoothed first (a mean over SMOOTH_DETECTIONS): HOG boxes jitter by
+        several pixels from one sample to the next, and a mouth crop that slides with them moves more than
+        the lips do."""
+        reach = min(SMOOTH_DETECTIONS // 2, (len(self.boxes) - 1) // 2)
+        padded = np.pad(self.boxes, ((reach, reach), (0, 0)), mode="edge")
+        kernel = np.ones(2 * reach + 1) / (2 * reach + 1)
+        smooth = np.stack([np.convolve(padded[:, i], kernel, mode="valid") for i in range(4)], axis=1)
+        out = np.stack([np.interp(times, self.times, smooth[:, i]) for i in range(4)], axis=1)
         out[(times < self.start) | (times > self.end)] = np.nan
         return out
 
@@ -88,14 +99,15 @@ def _decode_band(info: VideoInfo, first: int, count: int, band: tuple[float, flo
     return frames.reshape(-1, height, full_w), (top, full_h)
 
 
-def _frame_scores(info: VideoInfo, start: float, end: float, paths: list[FaceTrackPath]
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Frame times, their audio, and per-track per-frame synchrony (tracks x frames; -inf where absent)."""
+def _frame_scores(info: VideoInfo, start: float, end: float, paths: list[FaceTrackPath],
+                  edges: list[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Frame times, their audio, and per-track per-frame synchrony (tracks x frames; -inf where absent);
+    the scores' windows stop at the `edges` (seconds where one segment ends and the next begins)."""
     first, last = int(np.ceil(start * info.fps - 1e-6)), int(np.floor(end * info.fps + 1e-6))
     count = max(0, last - first)
     times = (first + np.arange(count)) / info.fps
     if count < FEATURES + 3:
-        return times, np.zeros(0), np.full((len(paths), count), -np.inf)
+        return times, np.zeros(0), np.full((len(paths), count), -np.inf), np.zeros(len(paths), bool)
     boxes = [p.boxes_at(times) for p in paths]
     known = np.concatenate([b[np.isfinite(b).all(axis=1)] for b in boxes])
     scale = min(1.0, MAX_HEIGHT / info.height)
@@ -110,15 +122,27 @@ def _frame_scores(info: VideoInfo, start: float, end: float, paths: list[FaceTra
     pixels = np.array([width, full_h, width, full_h], np.float64)
     shift = np.array([0, top, 0, top], np.float64)
     scores = np.full((len(paths), count), -np.inf)
+    still = np.zeros(len(paths), bool)
     for row, track_boxes in enumerate(boxes):
         track_boxes = track_boxes[:count] * pixels - shift
         present = np.isfinite(track_boxes).all(axis=1)
         if present.sum() < FEATURES + 3:
             continue
         crops = mouth_crops(frames, track_boxes)
-        result = sync_features(mouth_features(crops, info.fps), envelope, info.fps)
+        breaks = np.searchsorted(times, edges)
+        result = sync_features(mouth_features(crops, info.fps), envelope, info.fps, breaks=breaks)
         scores[row] = np.where(present, result.frame_scores, -np.inf)
-    return times, audio, scores
+        height = (track_boxes[:, 3] - track_boxes[:, 1])[:, None] * np.array([[0, 1, 0, 1]])
+        brows = mouth_crops(frames, track_boxes - STILL_PROBE * height)  # the same region moved up to the eyes
+        still[row] = _motion(crops, info.fps) < STILL_RATIO * _motion(brows, info.fps)
+    return times, audio, scores, still
+
+
+def _motion(crops: np.ndarray, fps: float) -> float:
+    """Mean absolute frame-to-frame change of band-passed crops (grey levels)."""
+    flat = crops.reshape(len(crops), -1)
+    flat = flat[np.isfinite(flat).all(axis=1)]
+    return float(np.mean(np.abs(np.diff(high_pass(flat, fps), axis=0)))) if len(flat) > 2 else 0.0
 
 
 def _runs(labels: np.ndarray, min_frames: int) -> list[tuple[int, int, int]]:
@@ -153,16 +177,22 @@ def _runs(labels: np.ndarray, min_frames: int) -> list[tuple[int, int, int]]:
     return [(a, b, label) for a, b, label in runs]
 
 
-def decide(scores: np.ndarray, track_ids: list[int], fps: float) -> list[tuple[int, int, int, float]]:
-    """Per-frame decisions from (tracks x frames) scores: (first, end, track id or -1, mean score) runs."""
+def decide(scores: np.ndarray, track_ids: list[int], fps: float, still: np.ndarray | None = None
+           ) -> list[tuple[int, int, int, float]]:
+    """Per-frame decisions from (tracks x frames) scores: (first, end, track id or -1, mean score) runs.
+    A face alone on screen whose mouth is `still` (no lips seen moving: a photo, a face too small or blurred)
+    keeps the speech, as nothing contradicts it; one whose lips move must move them with the sound."""
     count = scores.shape[1]
     if not track_ids or count == 0:
         return [(0, count, -1, 0.0)]
     order = np.argsort(-scores, axis=0)
     best = scores[order[0], np.arange(count)]
     second = scores[order[1], np.arange(count)] if len(track_ids) > 1 else np.full(count, -np.inf)
-    second = np.where(np.isfinite(second), second, 0.0)
-    chosen = (best >= MIN_SCORE) & (best - second >= MARGIN)
+    alone = ~np.isfinite(second)
+    second = np.where(alone, 0.0, second)
+    chosen = (best >= np.where(alone, LONE_SCORE, MIN_SCORE)) & (best - second >= MARGIN)
+    if still is not None:
+        chosen |= alone & np.isfinite(best) & np.asarray(still)[order[0]]
     labels = np.where(chosen, np.asarray(track_ids)[order[0]], -1)
     out = []
     for a, b, label in _runs(labels, max(1, int(round(MIN_PART * fps)))):
@@ -211,7 +241,9 @@ def _assign(info: VideoInfo, segments: list, visible: list[list[int]], paths: li
     decided: dict[int, list[SpeechPart]] = {}
     for start, end, ids, members in _groups(segments, visible, by_id) if info.has_audio else []:
         started = time.perf_counter()
-        times, audio, scores = _frame_scores(info, start, end, [by_id[i] for i in ids])
+        # windows stop where one segment ends and the next begins at once (a voice change), not at pauses
+        edges = [segments[n].end for n in members[:-1] if abs(segments[n + 1].start - segments[n].end) < 1e-3]
+        times, audio, scores, still = _frame_scores(info, start, end, [by_id[i] for i in ids], edges)
         counters["asd_spans"] += 1
         counters["asd_frames"] += len(times)
         for number in members:
@@ -219,10 +251,13 @@ def _assign(info: VideoInfo, segments: list, visible: list[list[int]], paths: li
             inside = np.flatnonzero((times >= segment.start) & (times < segment.end))
             if not audio.size or inside.size == 0:
                 continue
-            runs = decide(scores[:, inside], ids, info.fps)
-            if len(runs) == 1:
-                decided[number] = [SpeechPart(segment.start, segment.end, segment.embedding, ids, runs[0][2],
-                                              runs[0][3])]
+            runs = decide(scores[:, inside], ids, info.fps, still)
+            speakers = {speaker for _, _, speaker, _ in runs if speaker >= 0}
+            if len(speakers) <= 1:  # one speaker at most: the segment stays whole, hers if she holds most of it
+                a, b, speaker, score = max(runs, key=lambda run: (run[2] >= 0, run[1] - run[0]))
+                if 2 * (b - a) < inside.size:
+                    speaker = -1
+                decided[number] = [SpeechPart(segment.start, segment.end, segment.embedding, ids, speaker, score)]
                 continue
             counters["asd_splits"] += len(runs) - 1
             edges = [segment.start] + [float(times[inside[a]]) - 0.5 / info.fps for a, _, _, _ in runs[1:]]

@@ -11,7 +11,8 @@ sound), made robust the way SyncNet searches its offset:
    band-passed the same way.
 5. `sync`: the canonical correlation of the envelope with the mouth components (the share of the
    envelope's variance they explain, adjusted for the number of components), at the best audio-video
-   offset in +-MAX_OFFSET seconds; also the same score in a sliding window per frame, at that offset.
+   offset in +-MAX_OFFSET seconds, minus the same measure against the sound moved by a few seconds (chance);
+   also the same score in a sliding window per frame, at that offset.
 
 Sign-free and placement-tolerant: lips opening darken some pixels and lighten others (teeth), and a
 mouth placed a little off still has some pixels that move with the voice; the regression finds them.
@@ -37,13 +38,15 @@ FEATURES = 4                 # principal components of the mouth crops kept
 HIGH_PASS_SECONDS = 1.0      # the moving average removed from both signals
 MAX_OFFSET = 0.2             # audio-video offsets searched, seconds either way
 WINDOW_SECONDS = 3.0         # sliding window of the per-frame scores (1.6 s gave chance scores ~0.3)
+NULL_SHIFTS = (1.1, 1.9, 2.7, 3.5)  # seconds the sound is moved to measure chance synchrony
 
 
 @dataclass
 class SyncResult:
     """One face's synchrony with the speech over a span of frames."""
 
-    score: float               # adjusted R^2 of the envelope on the mouth components at the best offset (<= 1)
+    score: float               # adjusted R^2 of the envelope on the mouth components at the best offset, minus
+                               # its chance level (the same with the sound moved by NULL_SHIFTS); <= 1
     offset: int                # frames; the envelope at frame t + offset pairs with the mouth at frame t
     frame_scores: np.ndarray   # (frames,) the same score in a WINDOW_SECONDS window around each frame
 
@@ -125,8 +128,6 @@ def mouth_features(crops: np.ndarray, fps: float) -> np.ndarray:
         index = np.flatnonzero(present)
         nearest = index[np.clip(np.searchsorted(index, np.arange(count)), 0, len(index) - 1)]
         flat = flat[nearest]
-    # each crop's own brightness removed: a flicker or exposure change is not a mouth moving
-    flat = flat - flat.mean(axis=1, keepdims=True)
     moving = high_pass(flat, fps)
     moving -= moving.mean(axis=0)
     # the principal components through the smaller Gram matrix (eigh is several times faster than an SVD)
@@ -195,9 +196,32 @@ def speech_envelope(audio: np.ndarray, fps: float, frames: int, sample_rate: int
     return high_pass(audio_envelope(audio, fps, frames, sample_rate), fps)
 
 
+def _windowed(audio: np.ndarray, video: np.ndarray, half: int, step: int, breaks: np.ndarray) -> np.ndarray:
+    """`_explained` in a window of +-half around every index, never across a `breaks` index, computed every
+    `step` and interpolated."""
+    count = len(audio)
+    centres = np.unique(np.concatenate([np.arange(0, count, step), breaks[(breaks > 0) & (breaks < count)],
+                                        breaks[(breaks > 0) & (breaks <= count)] - 1, [count - 1]])).astype(int)
+    centres = centres[(centres >= 0) & (centres < count)]
+    edges = np.unique(np.concatenate([[0, count], breaks[(breaks > 0) & (breaks < count)]]))
+    values = np.zeros(len(centres))
+    for k, t in enumerate(centres):
+        at = int(np.searchsorted(edges, t, side="right")) - 1
+        lo, hi = max(int(edges[at]), t - half), min(int(edges[at + 1]), t + half + 1)
+        values[k] = _explained(audio[lo:hi], video[lo:hi]) if hi - lo > FEATURES + 2 else 0.0
+    return np.interp(np.arange(count), centres, values) if count else values
+
+
 def sync_features(features: np.ndarray, envelope: np.ndarray, fps: float, max_offset: float = MAX_OFFSET,
-                  window: float = WINDOW_SECONDS) -> SyncResult:
-    """`sync` from precomputed `mouth_features` and `speech_envelope` (several faces, one audio)."""
+                  window: float = WINDOW_SECONDS, breaks: np.ndarray | None = None) -> SyncResult:
+    """`sync` from precomputed `mouth_features` and `speech_envelope` (several faces, one audio); the
+    per-frame windows never cross a `breaks` frame (where one speech segment ends and another begins:
+    the offset and the components still come from the whole span).
+
+    Scores are the synchrony in excess of chance: the same measure with the envelope shifted by NULL_SHIFTS
+    seconds (circularly, so unrelated sound against the same mouth) is subtracted. Smooth signals give a
+    regression many fewer independent samples than frames, so chance alone reached 0.2 on still mouths.
+    """
     count = len(features)
     reach = int(round(max_offset * fps))
     best_score, best_offset = -np.inf, 0
@@ -208,12 +232,18 @@ def sync_features(features: np.ndarray, envelope: np.ndarray, fps: float, max_of
         if score > best_score:
             best_score, best_offset = score, offset
     half = max(2, int(round(window * fps / 2)))
+    step = max(1, int(round(fps / 5)))
     a, v, first = _paired(envelope, features, best_offset)
+    breaks = np.zeros(0, int) if breaks is None else np.asarray(breaks, int) - first
+    raw = _windowed(a, v, half, step, breaks)
+    shifts = [int(round(seconds * fps)) % max(1, count) for seconds in NULL_SHIFTS]
+    shifts = [shift for shift in shifts if shift] or [max(1, count // 2)]
+    nulls = [_paired(np.roll(envelope, shift), features, best_offset)[:2] for shift in shifts]
+    chance = np.mean([_windowed(na, nv, half, step, breaks) for na, nv in nulls], axis=0)
+    chance_span = float(np.mean([_explained(na, nv) for na, nv in nulls]))
     frame_scores = np.zeros(count)
-    for t in range(count):
-        lo, hi = max(0, t - first - half), min(len(a), t - first + half + 1)
-        frame_scores[t] = _explained(a[lo:hi], v[lo:hi]) if hi - lo > FEATURES + 2 else 0.0
-    return SyncResult(float(max(best_score, -1.0)), best_offset, frame_scores)
+    frame_scores[first:first + len(a)] = raw - chance
+    return SyncResult(float(max(best_score - chance_span, -1.0)), best_offset, frame_scores)
 
 
 def speech_activity(audio: np.ndarray, fps: float, frames: int, sample_rate: int = SAMPLE_RATE,
