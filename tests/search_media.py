@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import wave
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -128,11 +129,6 @@ def compose(path: Path, shots: list[Shot], width: int = 640, height: int = 360, 
     total_frames = sum(int(round(s.seconds * fps)) for s in shots)
     audio = np.zeros(int(round(total_frames / fps * RATE)), np.float32)
     audio += rng.normal(0, noise, audio.size).astype(np.float32)  # a quiet room, not digital silence
-    wav = path.with_suffix(".tmp.wav")
-    command = [ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
-               "-s", f"{width}x{height}", "-r", str(fps), "-i", "pipe:0", "-i", str(wav), "-map", "0:v",
-               "-map", "1:a", "-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf), "-pix_fmt", "yuv420p",
-               "-g", str(fps * 4), "-c:a", "aac", "-b:a", "96k", "-shortest", str(path)]
     on_screen: dict[int, list[tuple[float, float]]] = {}
     speaking: dict[str, list[tuple[float, float]]] = {}
     cuts, frame_index = [], 0
@@ -149,15 +145,30 @@ def compose(path: Path, shots: list[Shot], width: int = 640, height: int = 360, 
             audio[lo:lo + piece.size] += piece
             speaking.setdefault(shot.speaker or "voice", []).append((start, start + piece.size / RATE))
         frame_index += count
-    write_wav(wav, audio)
     grains = [rng.integers(0, grain, (height, width, 3), dtype=np.uint8) for _ in range(grain_frames)]
-    process = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
+
+    def frames() -> Iterator[np.ndarray]:
         for shot, count in zip(shots, frames_per_shot):
             shown = _shot_faces(shot, height, faces)
             for k in range(count):
-                frame = _draw(shot, k / max(1, count - 1), width, height, shown, grains[k % grain_frames])
-                process.stdin.write(frame.tobytes())
+                yield _draw(shot, k / max(1, count - 1), width, height, shown, grains[k % grain_frames])
+
+    encode(path, frames(), audio, width, height, fps, crf)
+    return Truth(total_frames / fps, on_screen, speaking, cuts)
+
+
+def encode(path: Path, frames: Iterable[np.ndarray], audio: np.ndarray, width: int, height: int, fps: int,
+           crf: int) -> None:
+    """RGB frames and float audio (16 kHz) into `path`: H.264 + AAC, a keyframe every 4 s."""
+    wav = write_wav(path.with_suffix(".tmp.wav"), audio)
+    command = [ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
+               "-s", f"{width}x{height}", "-r", str(fps), "-i", "pipe:0", "-i", str(wav), "-map", "0:v",
+               "-map", "1:a", "-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf), "-pix_fmt", "yuv420p",
+               "-g", str(fps * 4), "-c:a", "aac", "-b:a", "96k", "-shortest", str(path)]
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for frame in frames:
+            process.stdin.write(np.ascontiguousarray(frame).tobytes())
         process.stdin.close()
         if process.wait() != 0:
             raise RuntimeError(process.stderr.read().decode())
@@ -165,7 +176,6 @@ def compose(path: Path, shots: list[Shot], width: int = 640, height: int = 360, 
         if process.poll() is None:
             process.kill()
         wav.unlink(missing_ok=True)
-    return Truth(total_frames / fps, on_screen, speaking, cuts)
 
 
 def merged(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:

@@ -18,7 +18,7 @@ Two casts, so that choices made on one can be checked on the other (docs/search.
 
 from __future__ import annotations
 
-import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -26,8 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from search_media import FIXTURES, GROUP_PHOTO, RATE, merged, sample_audio, write_wav
-from stages.media.video_io import ffmpeg_exe
+from search_media import FIXTURES, GROUP_PHOTO, RATE, encode, merged, sample_audio
 
 REALDEV = FIXTURES / "realdev"
 PORTRAITS = ("paul_rudd", "angelina_jolie", "kate_siegel", "shea_whigham")
@@ -214,14 +213,8 @@ def compose_talking(path: Path, cast: str, scenes: list[Scene], width: int = 640
             drive[number] = speech[:voice.size]
         drivers.append({number: openness(speech, fps, count) for number, speech in drive.items()})
         first += count
-    wav = path.with_suffix(".tmp.wav")
-    write_wav(wav, audio)
-    command = [ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
-               "-s", f"{width}x{height}", "-r", str(fps), "-i", "pipe:0", "-i", str(wav), "-map", "0:v",
-               "-map", "1:a", "-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf), "-pix_fmt", "yuv420p",
-               "-g", str(fps * 4), "-c:a", "aac", "-b:a", "96k", "-shortest", str(path)]
-    process = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
+
+    def frames() -> Iterator[np.ndarray]:
         for scene, count, opening in zip(scenes, counts, drivers):
             phases = rng.uniform(0, 2 * np.pi, (len(scene.faces), 2))
             ramp = np.linspace(0.75, 1.2, height)[:, None, None]
@@ -229,26 +222,19 @@ def compose_talking(path: Path, cast: str, scenes: list[Scene], width: int = 640
             backdrop = np.broadcast_to(backdrop, (height, width, 3))
             for k in range(count):
                 frame = backdrop.copy()
-                seconds = k / fps
                 for (number, x), phase in zip(scene.faces, phases):
-                    wobble = np.sin(2 * np.pi * np.array([0.23, 0.31]) * seconds + phase[:2])
+                    wobble = np.sin(2 * np.pi * np.array([0.23, 0.31]) * k / fps + phase)
                     side = int(round(scene.size * height))
                     face = open_mouth(number, cast, float(opening[number][k]), side)
-                    cx = int(round(x * width + 0.015 * height * wobble[0]))
-                    cy = int(round(height / 2 + 0.015 * height * wobble[1]))
-                    left, top = cx - side // 2, cy - side // 2
+                    left = int(round(x * width + 0.015 * height * wobble[0])) - side // 2
+                    top = int(round(height / 2 + 0.015 * height * wobble[1])) - side // 2
                     a0, b0 = max(0, left), max(0, top)
                     a1, b1 = min(width, left + side), min(height, top + side)
                     frame[b0:b1, a0:a1] = face[b0 - top:b1 - top, a0 - left:a1 - left]
                 grain = rng.integers(0, 4, (height, width, 1), dtype=np.uint8)
-                process.stdin.write(cv2.add(frame, np.broadcast_to(grain, frame.shape).copy()).tobytes())
-        process.stdin.close()
-        if process.wait() != 0:
-            raise RuntimeError(process.stderr.read().decode())
-    finally:
-        if process.poll() is None:
-            process.kill()
-        wav.unlink(missing_ok=True)
+                yield cv2.add(frame, np.broadcast_to(grain, frame.shape).copy())
+
+    encode(path, frames(), audio, width, height, fps, crf)
     for table in (truth.on_screen, truth.heard, truth.seen_heard, truth.out_of_sync):
         for number in table:
             table[number] = merged(table[number])

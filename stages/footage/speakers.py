@@ -14,6 +14,7 @@ How the thresholds were chosen, and what they give: docs/search.md ("Who is spea
 
 from __future__ import annotations
 
+import resource
 import subprocess
 import tempfile
 import time
@@ -82,7 +83,9 @@ def _decode_band(info: VideoInfo, first: int, count: int, band: tuple[float, flo
     top = max(0, int(np.floor(band[0] * full_h / 2)) * 2)
     bottom = min(full_h, int(np.ceil(band[1] * full_h / 2)) * 2)
     height = max(2, bottom - top)
-    stream = (ffmpeg.input(str(info.path), ss=f"{max(0.0, (first - 0.5) / info.fps):.6f}")["v:0"]
+    # without H.264's deblocking filter: 15 % less CPU here, the same decisions on the bench videos
+    stream = (ffmpeg.input(str(info.path), ss=f"{max(0.0, (first - 0.5) / info.fps):.6f}",
+                           skip_loop_filter="all")["v:0"]
               .filter("scale", full_w, full_h, flags="area").filter("crop", full_w, height, 0, top)
               .filter("format", "gray")
               .output("pipe:1", format="rawvideo", vframes=count, fps_mode="passthrough")
@@ -106,16 +109,18 @@ def _frame_scores(info: VideoInfo, start: float, end: float, paths: list[FaceTra
     first, last = int(np.ceil(start * info.fps - 1e-6)), int(np.floor(end * info.fps + 1e-6))
     count = max(0, last - first)
     times = (first + np.arange(count)) / info.fps
-    if count < FEATURES + 3:
-        return times, np.zeros(0), np.full((len(paths), count), -np.inf), np.zeros(len(paths), bool)
     boxes = [p.boxes_at(times) for p in paths]
     known = np.concatenate([b[np.isfinite(b).all(axis=1)] for b in boxes])
+    if count < FEATURES + 3 or not len(known):
+        return times, np.zeros(0), np.full((len(paths), count), -np.inf), np.zeros(len(paths), bool)
     scale = min(1.0, MAX_HEIGHT / info.height)
     margin = 0.02
     frames, (top, full_h) = _decode_band(info, first, count, (float(known[:, 1].min()) - margin,
                                                               float(known[:, 3].max()) + margin), scale)
     count = len(frames)
     times = times[:count]
+    if count < FEATURES + 3:  # the container's duration promised frames the stream does not have
+        return times, np.zeros(0), np.full((len(paths), count), -np.inf), np.zeros(len(paths), bool)
     audio = read_audio(info, first / info.fps, count / info.fps, SAMPLE_RATE).astype(np.float32) / 32768.0
     envelope = speech_envelope(audio, info.fps, count)
     width = frames.shape[2] if count else 1
@@ -215,6 +220,12 @@ def assign_speakers(info: VideoInfo, segments: list, visible: list[list[int]], p
         return _assign(info, segments, visible, paths, embed)
 
 
+def _children_cpu() -> float:
+    """CPU seconds of this process's finished child processes (the ffmpeg decodes)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _groups(segments: list, visible: list[list[int]], paths: dict[int, FaceTrackPath]
             ) -> list[tuple[float, float, list[int], list[int]]]:
     """Analysis spans: (start, end, track ids, segment numbers) of consecutive segments with the same faces
@@ -237,7 +248,8 @@ def _groups(segments: list, visible: list[list[int]], paths: dict[int, FaceTrack
 def _assign(info: VideoInfo, segments: list, visible: list[list[int]], paths: list[FaceTrackPath],
             embed) -> tuple[list[SpeechPart], dict[str, float]]:
     by_id = {p.track_id: p for p in paths}
-    counters = {"asd_seconds": 0.0, "asd_spans": 0, "asd_frames": 0, "asd_splits": 0}
+    counters = {"asd_seconds": 0.0, "asd_cpu": 0.0, "asd_spans": 0, "asd_frames": 0, "asd_splits": 0}
+    cpu_before = time.thread_time() + _children_cpu()
     decided: dict[int, list[SpeechPart]] = {}
     for start, end, ids, members in _groups(segments, visible, by_id) if info.has_audio else []:
         started = time.perf_counter()
@@ -267,6 +279,7 @@ def _assign(info: VideoInfo, segments: list, visible: list[list[int]], paths: li
                 piece = audio[max(0, int((lo - times[0]) * SAMPLE_RATE)):int((hi - times[0]) * SAMPLE_RATE)]
                 decided[number].append(SpeechPart(round(lo, 3), round(hi, 3), embed(piece), ids, speaker, score))
         counters["asd_seconds"] += time.perf_counter() - started
+    counters["asd_cpu"] = time.thread_time() + _children_cpu() - cpu_before  # this thread and its ffmpegs
     parts: list[SpeechPart] = []
     for number, (segment, ids) in enumerate(zip(segments, visible)):
         parts += decided.get(number, [SpeechPart(segment.start, segment.end, segment.embedding, ids, -1, 0.0)])
