@@ -30,7 +30,7 @@ from stages.media.shards import (
     shard_stats,
     with_metadata,
 )
-from stages.media.video_io import Planes, VideoInfo, iter_frames
+from stages.media.video_io import Planes, VideoInfo, frame_times, iter_frames
 from stages.media.video_jobs import (
     MAX_SKIP_EXAMPLES,
     fingerprint,
@@ -162,7 +162,7 @@ def _crop_video(plan_file: Path, split: str, layout: RawLayout, out_dir: Path,
     try:
         batch = _Batch(writer, keys, params.size, image_format, quality)
         position = 0
-        for index, frame in iter_frames(info, np.unique(frame_of[rows])):
+        for index, frame in iter_frames(info, np.unique(frame_of[rows]), frame_times(info)):
             while position < len(rows) and frame_of[rows[position]] == index:
                 batch.add(rows[position], frame, squares[rows[position]])
                 position += 1

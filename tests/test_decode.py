@@ -207,3 +207,31 @@ def test_timestamp_after_the_end_of_the_video_is_an_error(tmp_path: Path) -> Non
     csv.write_text(csv.read_text() + late + "\n")
     output, _ = _decode_fails(raw, tmp_path)
     assert "line 22" in output and "after the end of v.mp4" in output
+
+
+def test_timestamps_are_seconds_of_the_files_timeline_for_late_and_variable_rate_streams(tmp_path: Path) -> None:
+    source = tmp_path / "cfr.mp4"  # 100 frames at 25 fps, each showing its own index
+    process = subprocess.Popen([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt",
+                                "rgb24", "-s", "320x180", "-r", "25", "-i", "-", "-c:v", "libx264", "-qp", "0",
+                                str(source)], stdin=subprocess.PIPE)
+    for index in range(100):
+        process.stdin.write(render_frame(index, []).tobytes())
+    process.stdin.close()
+    assert process.wait() == 0
+    path = tmp_path / "vfr-late.mp4"  # every frame for 1 s, then every third; 1.5 s after the sound starts
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-itsoffset", "1.5", "-i", str(source),
+                    "-f", "lavfi", "-t", "6", "-i", "anullsrc=r=16000:cl=mono", "-map", "0:v", "-map", "1:a",
+                    "-vf", "select='lt(n,25)+not(mod(n,3))'", "-fps_mode", "passthrough", "-c:v", "libx264",
+                    "-qp", "0", "-c:a", "aac", str(path)], check=True)
+    info = probe(path)
+    times = video_io.frame_times(info)
+    start = times[0]  # about 1.5 (AAC priming moves the file's zero by a few hundredths)
+    assert times is not None and start == pytest.approx(1.5, abs=0.07) and times.size == 25 + 25
+    stamps = start + np.array([0.0, 0.48, 1.0 + 0.12 * 10, 1.0 + 0.12 * 20 + 0.05])
+    kept = np.array([n for n in range(100) if n < 25 or n % 3 == 0])  # source frame n is at start + n / 25
+    truth = [int(kept[np.argmin(np.abs(kept / 25 - (t - start)))]) for t in stamps]  # nearest kept frame
+    assert truth == [0, 12, 54, 87]
+    indices = video_io.frame_indices_at(stamps, times)
+    seen = [index_band(frame.y) for _, frame in iter_frames(info, sorted(set(indices.tolist())), times)]
+    assert seen == truth
+    assert video_io.frame_times(probe(source)) is None  # constant rate from 0: the plain k / fps path

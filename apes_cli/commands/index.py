@@ -61,6 +61,8 @@ def command(
     with Bar() as bar:
         entries, summary = index_videos(videos, settings, index_dir, bar, resolve_workers(workers))
     for entry in entries:
+        if entry.warning:
+            typer.secho(f"warning: {entry.warning}", fg=typer.colors.YELLOW, err=True)
         state = "indexed" if entry.built else "already indexed"
         typer.echo(f"{entry.video}: {state}: {entry.meta['tracks']} face tracks, "
                    f"{entry.meta['speech_segments']} speech segments -> {entry.path}", err=True)

@@ -14,6 +14,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from stages.core.errors import DataError
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -55,6 +57,40 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_writable(folder: str | Path, needed_bytes: int = 0) -> None:
+    """Stop before any work when `folder` cannot be created or written, or has under `needed_bytes` free."""
+    folder = Path(folder).absolute()
+    if folder.exists() and not folder.is_dir():
+        raise DataError(folder, "is a file; expected a folder to write into")
+    created = folder
+    while not created.parent.exists():
+        created = created.parent
+    made = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+        free = shutil.disk_usage(folder).free
+    except OSError as error:
+        raise DataError(folder, f"cannot write here ({error.strerror or error}); expected a writable folder") from None
+    finally:
+        if made:  # the check leaves nothing behind; the real write makes the folder again
+            shutil.rmtree(created, ignore_errors=True)
+    if free < needed_bytes:
+        raise DataError(folder, f"only {free / 1e6:.1f} MB free on this disk, about {needed_bytes / 1e6:.1f} MB "
+                                "needed; free some space or choose another folder")
+
+
+@contextlib.contextmanager
+def disk_errors(target: str | Path) -> Iterator[None]:
+    """Turn a failed write under `target` (disk full, no permission, read-only) into one clear DataError."""
+    try:
+        yield
+    except OSError as error:
+        raise DataError(target, f"cannot write ({error.strerror or error}); nothing was left half-written") from None
 
 
 def write_json(path: str | Path, payload: Any) -> None:

@@ -61,6 +61,8 @@ def render(results: dict[str, Any], thumbnails: list[list[bytes]], query_face: b
                      f" (under {query['enrolled_voice']['min_seconds']:.0f} s: not enrolled)"))
     videos = results["videos"]
     lines.append(f"{len(videos)} video(s): " + ", ".join(esc(Path(v["path"]).name) for v in videos))
+    lines += [f"<strong>{esc(Path(v['path']).name)}: {esc(v['damage']['message'])}</strong>"
+              for v in videos if v.get("damage")]
     summary = results["summary"]
     lines.append(f"{summary['matches']} match(es) among {summary['hits']} listed hit(s)")
     parts.append("<div>" + "<br>".join(lines) + "</div></section>")

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stages.core.atomic import atomic_dir
+from stages.core.atomic import atomic_dir, disk_errors
 from stages.core.errors import DataError
 from stages.footage.settings import INDEX_FORMAT
 
@@ -92,7 +92,7 @@ def _matrix(column: pa.ChunkedArray, path: Path) -> np.ndarray:
 
 def write_entry(final: Path, meta: dict[str, Any], faces: pa.Table, speech: pa.Table) -> None:
     """Write the three files of one entry atomically (the folder appears whole or not at all)."""
-    with atomic_dir(final) as tmp:
+    with disk_errors(final.parent), atomic_dir(final) as tmp:
         pq.write_table(faces, tmp / "faces.parquet", compression="zstd")
         pq.write_table(speech, tmp / "speech.parquet", compression="zstd")
         (tmp / "meta.json").write_text(json.dumps({"format": INDEX_FORMAT, **meta}, indent=2, sort_keys=True) + "\n")

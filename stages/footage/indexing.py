@@ -12,21 +12,28 @@ import os
 import resource
 import threading
 import time
-from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pyarrow as pa
 
+from stages.core.atomic import check_writable
 from stages.core.errors import ApesError, DataError
 from stages.core.progress import Progress, Silent
 from stages.footage.index_store import FACES, SPEECH, entry_dir, list_column, read_entry, write_entry
 from stages.footage.settings import IndexSettings, file_digest, model_versions
 from stages.media.video_io import VideoInfo, probe
 
-THUMB = 96
+if TYPE_CHECKING:  # the modules below load the models' packages, which a reused index does not need
+    from stages.footage.face_pass import Faces
+    from stages.footage.frames import Timeline
+    from stages.footage.speakers import SpeechPart
+    from stages.footage.speech import CutsKnown, Soundtrack
+
+INDEX_BASE_BYTES, INDEX_BYTES_PER_MINUTE = 1_000_000, 500_000  # free space asked for before indexing
+TRUNCATED_SECONDS = 0.5  # decoded this much less than the container says: the file is cut short
 
 
 @dataclasses.dataclass
@@ -39,152 +46,142 @@ class Entry:
     built: bool
     meta: dict[str, Any]
 
+    @property
+    def warning(self) -> str | None:
+        """One line naming the video and what of it was damaged; None for a whole video."""
+        damage = self.meta.get("damage")
+        return f"{self.video}: {damage['message']}" if damage else None
+
+
+def index_bytes(seconds: float) -> int:
+    """A generous size of the index of `seconds` of video (about 35 KB for 14 s with one face track)."""
+    return int(INDEX_BASE_BYTES + INDEX_BYTES_PER_MINUTE * seconds / 60)
+
 
 def check_video(path: str | Path) -> VideoInfo:
     """Probe a video, turning 'not a video' into a clear DataError."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "video file not found")
     info = probe(path)
     if info.duration is not None and info.duration <= 0:
         raise DataError(path, "the video has no duration; expected a video file with frames")
     return info
 
 
-def _jpeg(rgb: np.ndarray) -> bytes:
-    import cv2
-    ok, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
-    return data.tobytes() if ok else b""
+def _spans(times: list[float], reach: float) -> list[list[float]]:
+    """Times widened by `reach` either side and merged into [start, end] spans."""
+    spans: list[list[float]] = []
+    for moment in sorted(times):
+        lo, hi = max(0.0, moment - reach), moment + reach
+        if spans and lo <= spans[-1][1]:
+            spans[-1][1] = hi
+        else:
+            spans.append([lo, hi])
+    return [[round(lo, 1), round(hi, 1)] for lo, hi in spans]
 
 
-def _faces_pass(info: VideoInfo, source, settings: IndexSettings, embedder, tick
-                ) -> tuple[list, list[float], float, dict]:
-    """Decode, detect, track and embed; returns finished tracks, cut times (s), duration, counters."""
-    from stages.footage.detection import detect_faces, square_crop
-    from stages.footage.tracking import Detection, FinishedTrack, Tracker, merge_by_appearance
-
-    step = source.step
-    tracker = Tracker(step / info.fps, settings.max_gap)
-    finished: list[FinishedTrack] = []
-    pending: deque = deque()
-    handled_frame = 0
-    cut_frames_used: set[int] = set()
-    counters = {"samples": 0, "detections": 0, "embedded_chips": 0, "detect_seconds": 0.0, "embed_seconds": 0.0}
-
-    def finish(tracks) -> None:
-        for track in tracks:
-            started = time.perf_counter()
-            chips = embedder.embed(track.chosen_patches(settings.chips_per_track))
-            counters["embed_seconds"] += time.perf_counter() - started
-            counters["embedded_chips"] += len(chips)
-            finished.append(FinishedTrack(
-                track.track_id, track.shot, round(track.start, 3), round(track.end, 3),
-                np.asarray(track.times, np.float32), np.asarray(track.boxes, np.float32), chips,
-                embedder.pool(chips), _jpeg(track.thumb), float(np.mean(track.scores))))
-
-    def drain(final: bool) -> None:
-        nonlocal handled_frame
-        while pending:
-            frame, moment, detections = pending[0]
-            cuts, reached = source.cuts_until(frame)
-            if not (reached or final):
-                return
-            pending.popleft()
-            for cut in cuts:
-                if handled_frame < cut <= frame and cut not in cut_frames_used:
-                    cut_frames_used.add(cut)
-                    finish(tracker.cut(cut / info.fps))
-            finish(tracker.update(moment, detections))
-            handled_frame = frame
-
-    last_tick = 0.0
-    for frame, moment, rgb in source:
-        started = time.perf_counter()
-        height, width = rgb.shape[:2]
-        scale = np.array([width, height, width, height], np.float32)
-        detections = []
-        for face in detect_faces(rgb, settings.upsample):
-            detections.append(Detection(moment, face.box / scale, face.score, embedder.patch(rgb, face),
-                                        square_crop(rgb, face.box, THUMB, 0.3)))
-        counters["detect_seconds"] += time.perf_counter() - started
-        counters["samples"] += 1
-        counters["detections"] += len(detections)
-        pending.append((frame, moment, detections))
-        drain(False)
-        if moment - last_tick >= 1.0:
-            tick(moment - last_tick)
-            last_tick = moment
-    frames = source.frames_seen
-    duration = frames / info.fps if frames else (info.duration or 0.0)
-    cuts, _ = source.cuts_until(frames)
-    drain(True)
-    for cut in cuts:
-        if cut > handled_frame and cut not in cut_frames_used:
-            cut_frames_used.add(cut)
-            finish(tracker.cut(cut / info.fps))
-    finish(tracker.finish(duration))
-    tick(max(0.0, duration - last_tick))
-    merge_at = embedder.threshold + 0.1
-    tracks = merge_by_appearance(finished, embedder.scores, embedder.pool, merge_at)
-    tracks.sort(key=lambda t: (t.start, t.track_id))
-    return tracks, [c / info.fps for c in sorted(cut_frames_used)], duration, counters
+def damage_report(info: VideoInfo, timeline: Timeline, soundtrack: Soundtrack, decoded_end: float) -> dict[str, Any] | None:
+    """What decoding lost (errors, gaps, a missing end) with the seconds affected; None for a whole file."""
+    gaps = [[round(a, 1), round(b, 1)] for a, b in timeline.gaps()]
+    jumps = [[round(a, 1), round(b, 1)] for a, b in timeline.jumps_back()]
+    short = info.duration is not None and decoded_end < info.duration - TRUNCATED_SECONDS
+    errors = timeline.errors + soundtrack.errors
+    if not (errors or gaps or jumps or short):
+        return None
+    parts = []
+    if errors:
+        spans = _spans(timeline.error_times + soundtrack.error_times, 0.5)
+        parts.append(f"{errors} decoding error(s) near " + ", ".join(f"{a:.1f}-{b:.1f} s" for a, b in spans))
+    if gaps:
+        parts.append("no video frames " + ", ".join(f"{a:.1f}-{b:.1f} s" for a, b in gaps))
+    if jumps:
+        parts.append("timestamps jump back " + ", ".join(f"from {a:.1f} to {b:.1f} s" for a, b in jumps))
+    if short:
+        parts.append(f"only {decoded_end:.1f} s of {info.duration:.1f} s could be decoded (truncated?)")
+    return {"decode_errors": errors, "video_errors": timeline.errors, "audio_errors": soundtrack.errors,
+            "error_seconds": _spans(timeline.error_times + soundtrack.error_times, 0.5) if errors else [],
+            "gaps": gaps, "jumps_back": jumps, "decoded_seconds": round(decoded_end, 2), "container_seconds": info.duration,
+            "truncated": short, "message": "damaged: " + "; ".join(parts) + "; the index holds only what "
+            "decoded"}
 
 
-def build_entry(video: str | Path, settings: IndexSettings, index_dir: str | Path,
-                tick=lambda seconds: None) -> Entry:
-    """Index one video (or reuse its index): the face pass and the soundtrack (in a thread beside it: its
-    models spend most of their time outside the GIL), then association."""
-    video = Path(video)
-    info = check_video(video)
-    digest = file_digest(video)
-    final = entry_dir(index_dir, digest, settings.key())
-    if (final / "meta.json").is_file():
-        loaded = read_entry(final)
-        tick(info.duration or 0.0)
-        return Entry(video, digest, final, False, loaded.meta)
+class _AudioThread(threading.Thread):
+    """The soundtrack pass beside the face pass (its models spend most of their time outside the GIL)."""
+
+    def __init__(self, info: VideoInfo, cuts_known: CutsKnown) -> None:
+        super().__init__(name="apes-audio", daemon=True)
+        self.info, self.cuts_known = info, cuts_known
+        self.result: Soundtrack | None = None
+        self.error: BaseException | None = None
+        self.seconds = self.cpu = 0.0
+
+    def run(self) -> None:
+        """Analyse the soundtrack, keeping the result or the error for the main thread."""
+        from stages.footage.speech import analyze_audio
+        begun, begun_cpu = time.perf_counter(), time.thread_time()
+        try:
+            self.result = analyze_audio(self.info, self.cuts_known)
+        except BaseException as error:  # noqa: BLE001 - handed to the main thread
+            self.error = error
+        self.seconds, self.cpu = time.perf_counter() - begun, time.thread_time() - begun_cpu
+
+    def outcome(self) -> Soundtrack:
+        """The analysis (after the thread ended), or its error raised here."""
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+
+@dataclasses.dataclass
+class _Analysis:
+    """Everything one video's indexing found, and what it cost."""
+
+    faces: Faces
+    soundtrack: Soundtrack
+    speech: list[SpeechPart]   # the rows of speech.parquet: segments, split where the speaker changes
+    timeline: Timeline
+    embedder_name: str
+    face_dim: int
+    timings: dict[str, Any]
+
+
+def _analyse(info: VideoInfo, settings: IndexSettings, tick: Callable[[float], None]) -> _Analysis:
+    """The face pass on this thread (ffmpeg + dlib: one core) and the soundtrack on another (one core)."""
     import torch  # only now: a reused index needs none of the models
 
-    from stages.footage.association import associate
     from stages.footage.face_embedding import face_embedder
-    from stages.footage.frames import FrameSource, sample_step
-    from stages.footage.speech import analyze_audio
+    from stages.footage.face_pass import FacePass
+    from stages.footage.frames import FrameSource, sample_period
 
     started = time.perf_counter()
     embedder = face_embedder(settings.model)
-    source = FrameSource(info, sample_step(info.fps, settings.face_rate), settings.detect_height)
-    audio: dict[str, Any] = {}
-
-    def audio_job() -> None:
-        begun, begun_cpu = time.perf_counter(), time.thread_time()
-        try:
-            audio["value"] = analyze_audio(info, source.cuts_known)
-        except BaseException as error:  # noqa: BLE001 - handed to the main thread
-            audio["error"] = error
-        audio["seconds"] = time.perf_counter() - begun
-        audio["cpu"] = time.thread_time() - begun_cpu
-
+    source = FrameSource(info, sample_period(info.fps, settings.face_rate), settings.detect_height)
+    audio = _AudioThread(info, source.cuts_known)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     main_cpu = time.thread_time()
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one core for the audio models, one for ffmpeg + dlib
-    worker = threading.Thread(target=audio_job, name="apes-audio", daemon=True)
-    worker.start()
+    torch.set_num_threads(1)
+    audio.start()
     try:
-        tracks, cuts, duration, counters = _faces_pass(info, source, settings, embedder, tick)
+        faces = FacePass(source, settings, embedder).run(tick, info.duration or 0.0)
     finally:
         source.finish()
-        worker.join()
+        audio.join()
         torch.set_num_threads(threads)
     faces_seconds = time.perf_counter() - started
     main_cpu = time.thread_time() - main_cpu
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    soundtrack = audio.outcome()
     ffmpeg_cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
-    if "error" in audio:
-        raise audio["error"]
-    segments, speech_seconds = audio["value"]
-    audio_seconds = audio["seconds"]
-    visible = associate([(s.start, s.end) for s in segments], [(t.track_id, t.start, t.end) for t in tracks])
-    parts, asd_counters = _speakers(info, segments, visible, tracks)
+    speech, asd_counters = _speakers(info, soundtrack.segments, faces.tracks)
+    timings = {"faces_seconds": faces_seconds, "audio_seconds": audio.seconds, "faces_thread_cpu": main_cpu,
+               "audio_thread_cpu": audio.cpu, "ffmpeg_cpu": ffmpeg_cpu, **faces.counters, **asd_counters}
+    return _Analysis(faces, soundtrack, speech, source.timeline, embedder.name, int(embedder.dim), timings)
+
+
+def _tables(digest: str, analysis: _Analysis) -> tuple[pa.Table, pa.Table]:
+    """faces.parquet and speech.parquet of one video; each speech row with the faces on screen and its speaker."""
+    tracks, parts = analysis.faces.tracks, analysis.speech
     faces = pa.table({
         "video_sha256": pa.array([digest] * len(tracks), pa.string()),
         "track": pa.array([t.track_id for t in tracks], pa.int32()),
@@ -209,28 +206,54 @@ def build_entry(video: str | Path, settings: IndexSettings, index_dir: str | Pat
         "speaker_track": pa.array([p.speaker for p in parts], pa.int32()),
         "speaker_score": pa.array([p.score for p in parts], pa.float32()),
     }, schema=SPEECH)
-    total = time.perf_counter() - started
-    meta = {
+    return faces, speech
+
+
+def _meta(video: Path, digest: str, info: VideoInfo, settings: IndexSettings, analysis: _Analysis,
+          seconds: float) -> dict[str, Any]:
+    """meta.json of one video: its facts on the file's timeline, what was damaged, settings, models, timings."""
+    faces, soundtrack = analysis.faces, analysis.soundtrack
+    duration = max(faces.video_end, soundtrack.decoded_seconds)
+    damage = damage_report(info, analysis.timeline, soundtrack, duration)
+    timings = {**analysis.timings, "total_seconds": seconds}
+    return {
         "video": str(video.resolve()), "sha256": digest, "fps": info.fps, "width": info.width,
-        "height": info.height, "duration": round(duration, 3), "has_audio": info.has_audio,
-        "cuts": [round(c, 3) for c in cuts], "settings": dataclasses.asdict(settings),
-        "settings_key": settings.key(), "models": {**model_versions(), "face_embedder": embedder.name},
-        "face_dim": int(embedder.dim), "tracks": len(tracks), "speech_segments": len(parts),
-        "speech_seconds": round(speech_seconds, 2),
-        "timings": {"faces_seconds": round(faces_seconds, 2), "audio_seconds": round(audio_seconds, 2),
-                    "total_seconds": round(total, 2), "faces_thread_cpu": round(main_cpu, 2),
-                    "audio_thread_cpu": round(audio.get("cpu", 0.0), 2), "ffmpeg_cpu": round(ffmpeg_cpu, 2),
-                    **{k: round(v, 2) if isinstance(v, float) else v
-                       for k, v in {**counters, **asd_counters}.items()}},
+        "height": info.height, "rotation": info.rotation, "duration": round(duration, 3),
+        "container_duration": info.duration, "video_start": round(analysis.timeline.times[0], 3),
+        "has_audio": info.has_audio, "complete": damage is None, "damage": damage,
+        "cuts": [round(c, 3) for c in faces.cuts], "settings": dataclasses.asdict(settings),
+        "settings_key": settings.key(), "models": {**model_versions(), "face_embedder": analysis.embedder_name},
+        "face_dim": analysis.face_dim, "tracks": len(faces.tracks), "speech_segments": len(analysis.speech),
+        "speech_seconds": round(soundtrack.speech_seconds, 2),
+        "timings": {k: round(v, 2) if isinstance(v, float) else v for k, v in timings.items()},
     }
-    write_entry(final, meta, faces, speech)
+
+
+def build_entry(video: str | Path, settings: IndexSettings, index_dir: str | Path,
+                tick: Callable[[float], None] = lambda seconds: None) -> Entry:
+    """Index one video (or reuse its index): faces and soundtrack side by side, then association."""
+    video = Path(video)
+    info = check_video(video)
+    digest = file_digest(video)
+    final = entry_dir(index_dir, digest, settings.key())
+    if (final / "meta.json").is_file():
+        tick(info.duration or 0.0)
+        return Entry(video, digest, final, False, read_entry(final).meta)
+    started = time.perf_counter()
+    analysis = _analyse(info, settings, tick)
+    faces, speech = _tables(digest, analysis)
+    write_entry(final, _meta(video, digest, info, settings, analysis, time.perf_counter() - started), faces, speech)
     return Entry(video, digest, final, True, read_entry(final).meta)
 
 
-def _speakers(info: VideoInfo, segments: list, visible: list[list[int]], tracks: list) -> tuple[list, dict]:
-    """Active speaker detection over the speech segments (stages/footage/speakers.py)."""
+def _speakers(info: VideoInfo, segments: list, tracks: list) -> tuple[list[SpeechPart], dict]:
+    """The faces on screen during each speech segment and the one speaking it (stages/footage/speakers.py)."""
+    import numpy as np
+
+    from stages.footage.association import associate
     from stages.footage.speakers import FaceTrackPath, assign_speakers
     from stages.footage.speech import embed_audio
+    visible = associate([(s.start, s.end) for s in segments], [(t.track_id, t.start, t.end) for t in tracks])
     paths = [FaceTrackPath(t.track_id, t.start, t.end, np.asarray(t.times, np.float64),
                            np.asarray(t.boxes, np.float64).reshape(-1, 4)) for t in tracks]
     return assign_speakers(info, segments, visible, paths, embed_audio)
@@ -253,6 +276,7 @@ def index_videos(videos: list[str | Path], settings: IndexSettings, index_dir: s
     settings = settings.resolved()
     infos = [check_video(video) for video in videos]  # every input checked before any work
     total = sum(info.duration or 0.0 for info in infos)
+    check_writable(index_dir, index_bytes(total))
     progress.start(max(1, int(round(total))), "indexing (video seconds)")
     started = time.perf_counter()
     entries: list[Entry | None] = [None] * len(videos)

@@ -20,12 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from stages.core.atomic import atomic_path
-from stages.core.errors import ConfigError
+from stages.core.atomic import atomic_path, check_writable, disk_errors
+from stages.core.errors import ConfigError, DataError
 from stages.core.progress import Progress
 from stages.footage.index_store import VideoIndex, read_entry
 from stages.footage.settings import VOICE_THRESHOLD, IndexSettings
-from stages.footage.indexing import index_videos
+from stages.footage.indexing import check_video, index_videos
+
+RESULTS_BYTES = 2_000_000  # free space asked for results.json and results.html (100 hits, thumbnails inline)
 
 # Seconds of her own speaking hits needed to enrol her voice from a face query (docs/search.md).
 ENROL_SECONDS = 3.0
@@ -137,13 +139,24 @@ def search(videos: list[str | Path], out_dir: str | Path, settings: IndexSetting
                          "embedder": embedder.name, "threshold": face_threshold,
                          "score": "1 - Euclidean distance of dlib descriptors" if not settings.model
                          else "cosine similarity"}
+    if voice is not None and face is None:
+        silent = [video for video in videos if not check_video(video).has_audio]
+        if len(silent) == len(videos):
+            raise DataError(silent[0], "this video has no audio stream, so a --voice query cannot be answered; "
+                                       "expected a video with sound (or add --face)")
     if voice is not None:
         voice_embedding, speech_seconds = embed_clip(voice)
         voice_threshold = VOICE_THRESHOLD if voice_threshold is None else voice_threshold
         query["voice"] = {"clip": str(voice), "speech_seconds": round(speech_seconds, 2),
                           "embedder": "resemblyzer", "threshold": voice_threshold,
                           "score": "cosine similarity of Resemblyzer embeddings"}
+    check_writable(out_dir, RESULTS_BYTES)
     entries, index_summary = index_videos(list(videos), settings, index_dir, progress, workers)
+    if notes is not None:
+        notes += [entry.warning for entry in entries if entry.warning]
+        if voice is not None:
+            notes += [f"{entry.video}: has no audio stream; the voice query could not be searched there"
+                      for entry in entries if not entry.meta["has_audio"]]
     started = time.perf_counter()
     hits: list[dict] = []
     video_rows = []
@@ -166,7 +179,8 @@ def search(videos: list[str | Path], out_dir: str | Path, settings: IndexSetting
         meta = entry.meta
         video_rows.append({"path": name, "sha256": entry.digest, "index": str(entry.path),
                            "indexed_now": entry.built, "duration": meta["duration"], "width": meta["width"],
-                           "height": meta["height"], "fps": round(meta["fps"], 3), "tracks": meta["tracks"],
+                           "height": meta["height"], "fps": round(meta["fps"], 3), "has_audio": meta["has_audio"],
+                           "complete": meta["complete"], "damage": meta["damage"], "tracks": meta["tracks"],
                            "speech_segments": meta["speech_segments"], "cuts": len(meta["cuts"]),
                            "index_seconds": meta["timings"]["total_seconds"]})
     if enrolment:
@@ -182,9 +196,10 @@ def search(videos: list[str | Path], out_dir: str | Path, settings: IndexSetting
                     "query_seconds": round(query_seconds, 3), **{f"index_{k}": v for k, v in index_summary.items()}},
     }
     out_dir = Path(out_dir)
-    with atomic_path(out_dir / "results.json") as tmp:
-        tmp.write_text(json.dumps(results, indent=2) + "\n")
     page = render(results, thumbs, face_query.thumbnail if face_query else None)
-    with atomic_path(out_dir / "results.html") as tmp:
-        tmp.write_text(page, encoding="utf-8")
+    with disk_errors(out_dir):
+        with atomic_path(out_dir / "results.json") as tmp:
+            tmp.write_text(json.dumps(results, indent=2) + "\n")
+        with atomic_path(out_dir / "results.html") as tmp:
+            tmp.write_text(page, encoding="utf-8")
     return results

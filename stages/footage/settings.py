@@ -10,7 +10,7 @@ from pathlib import Path
 
 from stages.core.errors import ConfigError
 
-INDEX_FORMAT = "apes-index-3"  # 2: faces detected on the grey image; 3: active speaker detection, speaker_score
+INDEX_FORMAT = "apes-index-4"  # 2: faces on the grey image; 3: times from timestamps, damage noted; 4: speakers
 # Score thresholds (higher score = more alike), chosen on the composited videos of bench/search.py
 # (docs/search.md explains how). Face: 1 - Euclidean distance between dlib descriptors.
 FACE_THRESHOLD = 0.45

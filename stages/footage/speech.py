@@ -2,7 +2,9 @@
 
 Both models ship inside their PyPI packages (silero-vad: MIT; Resemblyzer: Apache-2.0). Audio is read as
 16 kHz mono in blocks of BLOCK_SECONDS through ffmpeg, so memory does not grow with the video's length
-(a speech region still open at the end of a block is carried into the next one).
+(a speech region still open at the end of a block is carried into the next one). Sample k is at k / 16000
+s of the file's timeline, the same zero as the video's frame times: a stream that starts late or loses
+packets is padded with silence by ffmpeg (`_decode_command`).
 
 A speech region is split where the voice changes: the 1.6 s window ending at a point and the one starting
 there are compared (cosine of their embeddings, every 0.2 s) and a local minimum under CHANGE_SIMILARITY
@@ -13,18 +15,20 @@ gets its own embedding: the mean of 1.6 s windows over it (hop 0.8 s), renormali
 from __future__ import annotations
 
 import subprocess
-import tempfile
+import threading
 import time
 import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
 from stages.core.errors import DataError
-from stages.media.video_io import VideoInfo, ffmpeg_exe
+from stages.core.progress import Progress, Silent
+from stages.media.video_io import VideoInfo, end_process, ffmpeg_exe, ffmpeg_reason
 from stages.media.voice_activity import speech_regions
 
 SAMPLE_RATE = 16000
@@ -37,6 +41,9 @@ CHANGE_SIMILARITY = 0.70    # below this, the voices either side of a point diff
 CUT_CHANGE_SIMILARITY = 0.80  # at a shot cut inside speech, a looser test
 SNAP_SECONDS = 0.5
 MIN_SEGMENT = 0.8           # no two boundaries closer than this (seconds)
+MIN_QUERY_SPEECH = 0.3      # seconds of speech a query clip needs
+TARGET_RMS = 10 ** (-30 / 20)  # -30 dBFS
+CutsKnown = Callable[[], tuple[list[float], float, bool]]  # (cut times so far, seconds covered, video ended)
 
 
 @dataclass
@@ -83,6 +90,20 @@ def _mel_basis() -> np.ndarray:
     return weights.astype(np.float32)
 
 
+def _louder(audio: np.ndarray) -> tuple[np.ndarray, float]:
+    """Resemblyzer's volume normalisation (quiet audio raised to -30 dBFS) and the RMS before it."""
+    rms = float(np.sqrt(np.mean(np.square(audio)))) if audio.size else 0.0
+    if 1e-5 < rms < TARGET_RMS:
+        audio = audio * np.float32(TARGET_RMS / rms)
+    return audio, rms
+
+
+def _unit_mean(embeddings: np.ndarray) -> np.ndarray:
+    """The mean of window embeddings, renormalised to unit length."""
+    mean = embeddings.mean(axis=0)
+    return mean / max(float(np.linalg.norm(mean)), 1e-9)
+
+
 def _mel(audio: np.ndarray) -> np.ndarray:
     """Resemblyzer's input: 40 mel power bands, 25 ms windows every 10 ms (frames x 40).
 
@@ -90,10 +111,7 @@ def _mel(audio: np.ndarray) -> np.ndarray:
     n_fft=400, hop 160, centred, zero padding; checked in tests/test_search.py), computed with numpy: the
     first librosa call in a process costs seconds of imports and JIT compilation, which a query cannot afford.
     """
-    audio = np.asarray(audio, np.float32)
-    rms = float(np.sqrt(np.mean(np.square(audio)))) if audio.size else 0.0
-    if 1e-5 < rms < 10 ** (-30 / 20):  # Resemblyzer's volume normalisation: raise quiet speech to -30 dBFS
-        audio = audio * np.float32(10 ** (-30 / 20) / rms)
+    audio, _ = _louder(np.asarray(audio, np.float32))
     if audio.size < WINDOW * 160:  # pad a short clip to one window, as Resemblyzer does
         audio = np.pad(audio, (0, WINDOW * 160 - audio.size))
     n_fft, hop = 400, 160
@@ -124,8 +142,7 @@ def _windows(mel: np.ndarray, hop: int, numpy: bool = False) -> tuple[np.ndarray
 def embed_audio(audio: np.ndarray) -> np.ndarray:
     """One unit 256-d voice embedding of a stretch of speech."""
     _, embeddings = _windows(_mel(audio), EMBED_HOP)
-    mean = embeddings.mean(axis=0)
-    return mean / max(float(np.linalg.norm(mean)), 1e-9)
+    return _unit_mean(embeddings)
 
 
 def _boundaries(similarity: np.ndarray, times: np.ndarray, limit: float) -> list[float]:
@@ -175,42 +192,93 @@ def split_region(audio: np.ndarray, offset: float, cuts: np.ndarray) -> list[tup
     return [(offset + a, offset + b) for a, b in zip(edges[:-1], edges[1:]) if b - a > 1e-3]
 
 
-def _audio_blocks(info: VideoInfo) -> Iterator[np.ndarray]:
-    command = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(info.path),
-               "-map", "0:a:0", "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "s16le", "pipe:1"]
-    size = int(BLOCK_SECONDS * SAMPLE_RATE) * 2
-    with tempfile.TemporaryFile() as errors:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors)
+@dataclass
+class Soundtrack:
+    """What the soundtrack pass found: speech segments, seconds of speech, and how well the audio decoded."""
+
+    segments: list[Segment]
+    speech_seconds: float
+    decoded_seconds: float        # where the decoded audio ends on the file's timeline
+    errors: int = 0               # decoding errors ffmpeg reported
+    error_times: list[float] = field(default_factory=list)
+    last_error: str = ""
+
+
+def _decode_command(path: str | Path, timeline: bool) -> list[str]:
+    """ffmpeg writing the first audio stream as 16 kHz mono s16le to stdout, errors only on stderr.
+
+    `timeline` pads the start and any gap with silence (aresample's `first_pts=0`, `async`), so sample k is
+    at k / 16000 s of the file's timeline, whenever the audio stream starts and whatever it lost."""
+    timing = ["-af", "aresample=async=1:first_pts=0"] if timeline else []
+    return [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "level+error", "-i", str(path),
+            "-map", "0:a:0", *timing, "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "s16le", "pipe:1"]
+
+
+def _pcm(data: bytes) -> np.ndarray:
+    """s16le bytes as float32 samples in [-1, 1)."""
+    return np.frombuffer(data[:len(data) // 2 * 2], np.int16).astype(np.float32) / 32768.0
+
+
+class _SoundtrackReader:
+    """The soundtrack in blocks of BLOCK_SECONDS on the file's timeline, counting ffmpeg's decoding errors."""
+
+    def __init__(self, info: VideoInfo) -> None:
+        self.info = info
+        self.samples = 0
+        self.errors = 0
+        self.error_times: list[float] = []
+        self.last_error = ""
+
+    def _read_log(self, stream: IO[bytes]) -> None:
+        for raw in stream:
+            line = raw.decode(errors="replace")
+            if "[error]" in line or "[fatal]" in line:
+                self.errors += 1
+                self.error_times.append(self.samples / SAMPLE_RATE)  # about: the pipe holds a few seconds
+                self.last_error = ffmpeg_reason(line)
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        """Float blocks of 16 kHz mono audio; a DataError if ffmpeg fails outright."""
+        size, chunk = int(BLOCK_SECONDS * SAMPLE_RATE) * 2, SAMPLE_RATE * 2
+        process = subprocess.Popen(_decode_command(self.info.path, timeline=True), stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE)
+        log = threading.Thread(target=self._read_log, args=(process.stderr,), daemon=True)
+        log.start()
         try:
+            data = bytearray()
             while True:
-                data = process.stdout.read(size)
-                if not data:
+                piece = process.stdout.read(chunk)  # a second at a time, so errors are placed in time
+                self.samples += len(piece) // 2
+                data += piece
+                if data and (len(data) >= size or not piece):
+                    yield _pcm(bytes(data))
+                    data = bytearray()
+                if not piece:
                     break
-                yield np.frombuffer(data[:len(data) // 2 * 2], np.int16).astype(np.float32) / 32768.0
-            if process.wait() != 0:
-                errors.seek(0)
-                lines = errors.read().decode(errors="replace").strip().splitlines()
-                raise DataError(info.path, f"cannot decode the audio (ffmpeg: {lines[-1] if lines else 'failed'})")
+            code = process.wait()
+            log.join()
+            if code != 0:
+                raise DataError(self.info.path, f"cannot decode the audio (ffmpeg: {self.last_error or 'failed'})")
         finally:
-            process.stdout.close()
-            if process.poll() is None:
-                process.kill()
-            process.wait()
+            end_process(process, (log,))
 
 
-def analyze_audio(info: VideoInfo, cuts_known, progress=None) -> tuple[list[Segment], float]:
-    """Speech segments of a video's soundtrack with their embeddings, and the seconds of speech.
+def analyze_audio(info: VideoInfo, cuts_known: CutsKnown,
+                  progress: Progress | None = None) -> Soundtrack:
+    """Speech segments of a video's soundtrack with their embeddings, the seconds of speech and decoding facts.
 
     `cuts_known()` returns (shot cut times so far, seconds of video they cover, whether the video pass has
     ended): this runs beside the face pass and waits for it only where it needs the cuts of a block.
     """
+    progress = progress or Silent()
     if not info.has_audio:
-        return [], 0.0
+        return Soundtrack([], 0.0, 0.0)
     segments: list[Segment] = []
     speech = 0.0
     buffer = np.zeros(0, np.float32)
     origin = 0.0  # seconds of buffer[0]
-    blocks = _audio_blocks(info)
+    reader = _SoundtrackReader(info)
+    blocks = reader.blocks()
     block = next(blocks, None)
     while block is not None:
         following = next(blocks, None)
@@ -228,17 +296,17 @@ def analyze_audio(info: VideoInfo, cuts_known, progress=None) -> tuple[list[Segm
                 a = int(round((start - origin) * SAMPLE_RATE))
                 b = int(round((end - origin) * SAMPLE_RATE))
                 segments.append(Segment(round(start, 3), round(end, 3), embed_audio(buffer[a:b])))
-        if progress is not None:
-            progress(block.size / SAMPLE_RATE)
+        progress.advance(int(round(block.size / SAMPLE_RATE)))
         if following is None:
             break
         buffer = buffer[keep_from:]
         origin += keep_from / SAMPLE_RATE
         block = following
-    return segments, speech
+    return Soundtrack(segments, speech, reader.samples / SAMPLE_RATE, reader.errors, reader.error_times,
+                      reader.last_error)
 
 
-def _wait_for_cuts(cuts_known, until: float) -> np.ndarray:
+def _wait_for_cuts(cuts_known: CutsKnown, until: float) -> np.ndarray:
     while True:
         cuts, covered, finished = cuts_known()
         if finished or covered >= until:
@@ -249,17 +317,18 @@ def _wait_for_cuts(cuts_known, until: float) -> np.ndarray:
 def read_clip(path: str | Path) -> np.ndarray:
     """Any file ffmpeg can read, as 16 kHz mono float audio; DataError if it has no audio."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(path, "is a folder; expected a voice clip (any audio or video file ffmpeg reads)")
     if not path.is_file():
         raise DataError(path, "voice clip not found")
-    command = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(path),
-               "-map", "0:a:0", "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "s16le", "pipe:1"]
-    result = subprocess.run(command, capture_output=True)
+    result = subprocess.run(_decode_command(path, timeline=False), capture_output=True)
+    log = result.stderr.decode(errors="replace")
+    if "matches no streams" in log:
+        raise DataError(path, "has no audio stream; expected a recording of the person's voice")
     if result.returncode != 0 or not result.stdout:
-        lines = result.stderr.decode(errors="replace").strip().splitlines()
-        detail = lines[-1] if lines else "no audio samples"
-        raise DataError(path, f"not a readable audio recording (ffmpeg: {detail}); expected a voice clip "
-                              "in any format ffmpeg reads")
-    return np.frombuffer(result.stdout[:len(result.stdout) // 2 * 2], np.int16).astype(np.float32) / 32768.0
+        raise DataError(path, f"not a readable audio recording (ffmpeg: {ffmpeg_reason(log, 'no audio samples')}); "
+                              "expected a voice clip in any format ffmpeg reads")
+    return _pcm(result.stdout)
 
 
 def embed_clip(path: str | Path) -> tuple[np.ndarray, float]:
@@ -270,13 +339,12 @@ def embed_clip(path: str | Path) -> tuple[np.ndarray, float]:
     """
     from stages.footage.voice_numpy import speech_mask
     audio = read_clip(path)
-    rms = float(np.sqrt(np.mean(np.square(audio)))) if audio.size else 0.0
-    if 1e-5 < rms < 10 ** (-30 / 20):
-        audio = audio * np.float32(10 ** (-30 / 20) / rms)
+    audio, rms = _louder(audio)
     speech = audio[speech_mask(audio)] if rms > 1e-5 else audio[:0]
-    if speech.size < SAMPLE_RATE * 0.3:
-        raise DataError(path, "no speech found (voice activity detection); expected a recording of the "
-                              "person speaking, ideally 3 s or more")
+    if speech.size < SAMPLE_RATE * MIN_QUERY_SPEECH:
+        found = f"only {speech.size / SAMPLE_RATE:.1f} s of speech found" if speech.size else "no speech found"
+        raise DataError(path, f"{found} (voice activity detection) "
+                              f"in {audio.size / SAMPLE_RATE:.1f} s of audio; at least {MIN_QUERY_SPEECH} s "
+                              "is needed, 3 s or more works best")
     _, embeddings = _windows(_mel(speech), EMBED_HOP, numpy=True)
-    mean = embeddings.mean(axis=0)
-    return mean / max(float(np.linalg.norm(mean)), 1e-9), speech.size / SAMPLE_RATE
+    return _unit_mean(embeddings), speech.size / SAMPLE_RATE

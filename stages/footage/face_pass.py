@@ -1,0 +1,117 @@
+"""The face half of indexing: decode, detect, track and embed the faces of one video (the main thread).
+
+Samples arrive from `FrameSource` with their times; each waits in `pending` until the cut finder (a thread
+on the thumbnails) has passed it, so that the cuts before it close the open tracks first. A closed track
+is embedded at once (its chosen chips), and at the end same-shot pieces that look alike are joined.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from stages.footage.detection import detect_faces, square_crop
+from stages.footage.frames import FrameSource
+from stages.footage.settings import IndexSettings
+from stages.footage.tracking import Detection, FinishedTrack, Track, Tracker, merge_by_appearance
+
+THUMB = 96
+
+
+@dataclass
+class Faces:
+    """What the face pass found: tracks in time order, the cut times used, where the video ends, counters."""
+
+    tracks: list[FinishedTrack]
+    cuts: list[float]
+    video_end: float
+    counters: dict[str, Any] = field(default_factory=dict)
+
+
+def _jpeg(rgb: np.ndarray) -> bytes:
+    import cv2
+    ok, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
+    return data.tobytes() if ok else b""
+
+
+class FacePass:
+    """One video's faces: samples in, finished and embedded tracks out."""
+
+    def __init__(self, source: FrameSource, settings: IndexSettings, embedder: Any) -> None:
+        self.source, self.settings, self.embedder = source, settings, embedder
+        self.tracker = Tracker(source.period, settings.max_gap)
+        self.finished: list[FinishedTrack] = []
+        self.pending: deque[tuple[float, list[Detection]]] = deque()
+        self.handled = -np.inf      # time of the last sample given to the tracker
+        self.cuts_used: set[float] = set()
+        self.counters: dict[str, Any] = {"samples": 0, "detections": 0, "embedded_chips": 0,
+                                         "detect_seconds": 0.0, "embed_seconds": 0.0}
+
+    def run(self, tick: Callable[[float], None], fallback_end: float) -> Faces:
+        """Consume the whole video; `tick(seconds)` reports progress in video seconds."""
+        last_tick = 0.0
+        for moment, rgb in self.source:
+            if not self.counters["samples"]:
+                self.tracker.shot_start = moment  # the first shot starts with the stream, which may be after 0
+            self.pending.append((moment, self._detect(moment, rgb)))
+            self._drain(final=False)
+            if moment - last_tick >= 1.0:
+                tick(moment - last_tick)
+                last_tick = moment
+        video_end = self.source.timeline.end() or fallback_end
+        self._drain(final=True)
+        self._apply_cuts(self.source.all_cuts(), np.inf)
+        self._close(self.tracker.finish(video_end))
+        tick(max(0.0, video_end - last_tick))
+        tracks = merge_by_appearance(self.finished, self.embedder.scores, self.embedder.pool,
+                                     self.embedder.threshold + 0.1)
+        tracks.sort(key=lambda t: (t.start, t.track_id))
+        return Faces(tracks, sorted(self.cuts_used), video_end, self.counters)
+
+    def _detect(self, moment: float, rgb: np.ndarray) -> list[Detection]:
+        started = time.perf_counter()
+        height, width = rgb.shape[:2]
+        scale = np.array([width, height, width, height], np.float32)
+        detections = [Detection(moment, face.box / scale, face.score, self.embedder.patch(rgb, face),
+                                square_crop(rgb, face.box, THUMB, 0.3))
+                      for face in detect_faces(rgb, self.settings.upsample)]
+        self.counters["detect_seconds"] += time.perf_counter() - started
+        self.counters["samples"] += 1
+        self.counters["detections"] += len(detections)
+        return detections
+
+    def _drain(self, final: bool) -> None:
+        """Give the tracker every pending sample the cut finder has passed (all of them when `final`)."""
+        while self.pending:
+            moment, detections = self.pending[0]
+            cuts, reached = self.source.cuts_until(moment)
+            if not (reached or final):
+                return
+            self.pending.popleft()
+            self._apply_cuts(cuts, moment)
+            self._close(self.tracker.update(moment, detections))
+            self.handled = moment
+
+    def _apply_cuts(self, cuts: list[float], until: float) -> None:
+        """Close the open tracks at each new cut after the last handled sample and up to `until`."""
+        for cut in cuts:
+            if self.handled < cut <= until and cut not in self.cuts_used:
+                self.cuts_used.add(cut)
+                self._close(self.tracker.cut(cut))
+
+    def _close(self, tracks: list[Track]) -> None:
+        """Embed closed tracks (their chosen chips) and keep them."""
+        for track in tracks:
+            started = time.perf_counter()
+            chips = self.embedder.embed(track.chosen_patches(self.settings.chips_per_track))
+            self.counters["embed_seconds"] += time.perf_counter() - started
+            self.counters["embedded_chips"] += len(chips)
+            self.finished.append(FinishedTrack(
+                track.track_id, track.shot, round(track.start, 3), round(track.end, 3),
+                np.asarray(track.times, np.float32), np.asarray(track.boxes, np.float32), chips,
+                self.embedder.pool(chips), _jpeg(track.thumb), float(np.mean(track.scores))))
