@@ -36,7 +36,7 @@ from stages.evaluation.active_speaker import (
     write_predictions,
 )
 from stages.media.active_speaker import MOUTH_H, MOUTH_W, mouth_crops, speaking_scores
-from stages.media.video_io import VideoInfo, frame_indices, iter_frames, probe, read_audio
+from stages.media.video_io import VideoInfo, iter_frames, nearest_frames, probe, read_audio
 from stages.media.video_jobs import map_videos, resolve_workers
 from stages.media.voice_activity import SAMPLE_RATE, speech_at, speech_regions_by_block
 from stages.rawdata.annotations import list_split_videos
@@ -75,10 +75,11 @@ def _audio_span(audio: np.ndarray, first_sample: int, count: int) -> np.ndarray:
     return out
 
 
-def synchrony_scores(info: VideoInfo, groundtruth: LabelledBoxes, frames: np.ndarray, audio: np.ndarray,
-                     audio_start: float) -> np.ndarray:
+def synchrony_scores(info: VideoInfo, groundtruth: LabelledBoxes, frames: np.ndarray, times: np.ndarray | None,
+                     audio: np.ndarray, audio_start: float) -> np.ndarray:
     """The detector's score of every box: each face track decoded over its whole span at the full frame rate
-    (boxes between annotations interpolated), its mouth crops scored against the span's audio."""
+    (boxes between annotations interpolated), its mouth crops scored against the span's audio from the time
+    its first frame is shown (`times`: the frames' presentation times; None: frame k at k / fps)."""
     tracks: dict[str, list[int]] = {}
     for row, entity in enumerate(groundtruth.entity_ids):
         tracks.setdefault(entity, []).append(row)
@@ -94,13 +95,14 @@ def synchrony_scores(info: VideoInfo, groundtruth: LabelledBoxes, frames: np.nda
         for position, frame in enumerate(span.tolist()):
             wanted.setdefault(frame, []).append((number, position))
     crops = [np.empty((len(span), MOUTH_H, MOUTH_W), np.float32) for _, span, _ in spans]
-    for frame, planes in iter_frames(info, sorted(wanted)):
+    for frame, planes in iter_frames(info, sorted(wanted), times):
         grey = planes.y[None]
         for number, position in wanted[frame]:
             crops[number][position] = mouth_crops(grey, spans[number][2][position][None])[0]
     scores = np.zeros(len(groundtruth))
     for (rows, span, _), track_crops in zip(spans, crops):
-        first = int(round((span[0] / info.fps - audio_start) * SAMPLE_RATE))
+        shown = span[0] / info.fps if times is None else times[span[0]]
+        first = int(round((shown - audio_start) * SAMPLE_RATE))
         count = int(np.ceil(len(span) / info.fps * SAMPLE_RATE))
         per_frame = speaking_scores(track_crops, _audio_span(audio, first, count), info.fps, SAMPLE_RATE)
         scores[rows] = per_frame[frames[rows] - span[0]]
@@ -111,20 +113,19 @@ def score_video(layout: RawLayout, video_id: str, csv_path: Path) -> VideoScores
     """Every method's score for the labelled boxes of one video."""
     groundtruth = read_box_csv(csv_path, scored=False)
     info = probe(layout.video_path(video_id))
-    frames = frame_indices(groundtruth.timestamps, info.fps)
-    if info.frame_count:
-        frames = np.minimum(frames, info.frame_count - 1)
+    frames, times = nearest_frames(info, groundtruth.timestamps)
+    shown = frames / info.fps if times is None else times[frames]   # when each box's frame is on screen
     start = max(0.0, float(groundtruth.timestamps.min()) - AUDIO_MARGIN_SECONDS)
     end = float(groundtruth.timestamps.max()) + AUDIO_MARGIN_SECONDS
     if info.duration is not None:
         end = min(end, info.duration)
     audio = read_audio(info, start, end - start, SAMPLE_RATE).astype(np.float32) / 32768.0
-    speech = speech_at(speech_regions_by_block(audio, VAD_BLOCK_SECONDS), frames / info.fps - start)
+    speech = speech_at(speech_regions_by_block(audio, VAD_BLOCK_SECONDS), shown - start)
     only, largest = frame_rules(frames, groundtruth.boxes)
     scores = {"chance": np.zeros(len(groundtruth)),
               "only_face": (only & speech).astype(np.float64),
               "largest_face": (largest & speech).astype(np.float64),
-              "synchrony": synchrony_scores(info, groundtruth, frames, audio, start)}
+              "synchrony": synchrony_scores(info, groundtruth, frames, times, audio, start)}
     return VideoScores(groundtruth, scores, speech)
 
 
