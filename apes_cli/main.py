@@ -8,6 +8,7 @@ import typer
 
 from apes_cli.commands import asd, crop, decode, download, evaluate, mel, report, synth, train, triplets
 from apes_cli.commands import index as index_command
+from apes_cli.commands import people as people_command
 from apes_cli.commands import search as search_command
 from stages import __version__
 
@@ -45,5 +46,5 @@ for module in (synth, download, decode, crop, mel, triplets, train, evaluate, as
     app.command(module.NAME, help=module.HELP)(module.command)
 
 # Person search in any footage (docs/search.md): not pipeline stages.
-for module in (index_command, search_command):
+for module in (index_command, search_command, people_command):
     app.command(module.NAME, help=module.HELP)(module.command)

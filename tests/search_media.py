@@ -121,10 +121,12 @@ def _draw(shot: Shot, progress: float, width: int, height: int, faces: list[np.n
 
 
 def compose(path: Path, shots: list[Shot], width: int = 640, height: int = 360, fps: int = 25,
-            seed: int = 0, crf: int = 26, noise: float = 0.0005, grain: int = 6, grain_frames: int = 4) -> Truth:
+            seed: int = 0, crf: int = 26, noise: float = 0.0005, grain: int = 6, grain_frames: int = 4,
+            faces: tuple[np.ndarray, ...] | None = None) -> Truth:
     """Encode the shots into `path` (H.264 + AAC) and return the exact truth. `grain` (levels) and
-    `grain_frames` (distinct grain patterns, cycled) set the sensor noise, and so the bitrate."""
-    faces = group_faces()
+    `grain_frames` (distinct grain patterns, cycled) set the sensor noise, and so the bitrate; `faces` are the
+    RGB squares the shots' face numbers index (default: the group photo's six)."""
+    faces = group_faces() if faces is None else faces
     rng = np.random.default_rng(seed)
     total_frames = sum(int(round(s.seconds * fps)) for s in shots)
     audio = np.zeros(int(round(total_frames / fps * RATE)), np.float32)

@@ -15,7 +15,8 @@ NAME = "search"
 HELP = ("Find every moment a person is on screen (--face PHOTO) or heard (--voice CLIP), or "
         "on screen and talking (a face query's `speaking` hits; with a voice clip too they need both), in one or "
         "more videos; a face query alone also finds her voice, enrolled from her own speaking hits, on or off "
-        "screen. Indexes each video once (see `apes-cli index`; later queries "
+        "screen; --person PEOPLE.json:ID uses a person `apes-cli people` found. Indexes each video once (see "
+        "`apes-cli index`; later queries "
         "reuse the index and take under a second). Writes OUT/results.json (query, videos, hits sorted by "
         "score, each with video, start, end, score, match, modality, track) and OUT/results.html (a page "
         "with thumbnails that opens offline; each time links to VIDEO#t=START), and prints the matches. "
@@ -42,6 +43,9 @@ def command(
     voice: Annotated[Optional[Path], typer.Option(
         "--voice", help="Recording of the person's voice, any format ffmpeg reads (3 s of speech or more "
                         "is best).")] = None,
+    person: Annotated[Optional[str], typer.Option(
+        "--person", help="A person found by `apes-cli people`: DIR/people.json:person-3 (or :NAME with --names); "
+                         "searches with their face and voice.")] = None,
     face_index: Annotated[Optional[int], typer.Option(
         "--face-index", help="Which face of the photo, 1-based, numbered left to right.")] = None,
     out: Annotated[Path, typer.Option("--out", help="Folder for results.json and results.html.")] = Path(
@@ -71,7 +75,7 @@ def command(
         results = search(videos, out, settings, index_dir, face=face, voice=voice, face_index=face_index, top=top,
                          face_threshold=face_threshold if face_threshold is not None else threshold,
                          voice_threshold=voice_threshold if voice_threshold is not None else threshold,
-                         workers=resolve_workers(workers), progress=bar, notes=notes)
+                         workers=resolve_workers(workers), progress=bar, notes=notes, person=person)
     for note in notes:
         typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
     typer.echo(_table(results))

@@ -59,6 +59,10 @@ def render(results: dict[str, Any], thumbnails: list[list[bytes]], query_face: b
         lines.append(f"Her voice, enrolled from her speaking hits in {esc(Path(video['video']).name)}: "
                      f"{video['speech_seconds']:.1f} s" + ("" if video["enrolled"] else
                      f" (under {query['enrolled_voice']['min_seconds']:.0f} s: not enrolled)"))
+    if "person" in query:
+        q = query["person"]
+        lines.append(f"Person: {esc(q['name'] or q['id'])} of {esc(q['file'])} (face: {'yes' if q['face'] else 'no'}, "
+                     f"voice: {'yes' if q['voice'] else 'no'})")
     videos = results["videos"]
     lines.append(f"{len(videos)} video(s): " + ", ".join(esc(Path(v["path"]).name) for v in videos))
     lines += [f"<strong>{esc(Path(v['path']).name)}: {esc(v['damage']['message'])}</strong>"

@@ -1,10 +1,10 @@
-"""The search index: one folder per (video content, settings) with Parquet tables pandas/duckdb can read.
+"""The search index: one folder per (video content, settings) with Parquet tables any Arrow reader can read.
 
 <index-dir>/<sha256[:16]>-<settings key>/
     faces.parquet    one row per face track: times, boxes, chip embeddings, pooled embedding, thumbnail
     speech.parquet   one row per speech segment: times, embedding, visible tracks, speaker track and score
     meta.json        video facts (path when indexed, fps, size, duration, cuts), settings, models, timings
-A whole collection reads as one table: duckdb.sql("select * from '.apes-index/*/faces.parquet'").
+A whole collection reads as one table: pyarrow.dataset.dataset(glob.glob(".apes-index/*/faces.parquet")).to_table().
 Each folder is written under a temporary name and renamed into place: never half-written.
 """
 

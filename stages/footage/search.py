@@ -26,6 +26,7 @@ from stages.core.progress import Progress
 from stages.footage.index_store import VideoIndex, read_entry
 from stages.footage.settings import VOICE_THRESHOLD, IndexSettings
 from stages.footage.indexing import check_video, index_videos
+from stages.footage.people_outputs import face_embedder_label, load_person, person_embeddings
 
 RESULTS_BYTES = 2_000_000  # free space asked for results.json and results.html (100 hits, thumbnails inline)
 
@@ -114,23 +115,41 @@ def _enrolled_voice(index: VideoIndex, speaking: list[dict]) -> tuple[np.ndarray
 def search(videos: list[str | Path], out_dir: str | Path, settings: IndexSettings, index_dir: str | Path,
            face: str | Path | None = None, voice: str | Path | None = None, face_index: int | None = None,
            top: int = 100, face_threshold: float | None = None, voice_threshold: float | None = None,
-           workers: int = 1, progress: Progress | None = None, notes: list[str] | None = None) -> dict[str, Any]:
-    """Run a search; returns the results (also written to out_dir/results.json and results.html)."""
+           workers: int = 1, progress: Progress | None = None, notes: list[str] | None = None,
+           person: str | None = None) -> dict[str, Any]:
+    """Run a search; returns the results (also written to out_dir/results.json and results.html). `person`
+    (`people.json:person-N` or `:Name`) queries with the face and voice embeddings `apes-cli people` found."""
     from stages.footage.face_embedding import face_embedder
     from stages.footage.html_page import render
     from stages.footage.photo import query_face
     from stages.footage.speech import embed_clip
 
-    if face is None and voice is None:
-        raise ConfigError("--face/--voice", "give a face photo, a voice clip, or both", "command line")
+    if face is None and voice is None and person is None:
+        raise ConfigError("--face/--voice", "give a face photo, a voice clip, both, or --person", "command line")
+    if person is not None and (face is not None or voice is not None):
+        raise ConfigError("--person", "expected --person alone (it brings its own face and voice)", "command line")
     if top < 1:
         raise ConfigError("--top", "expected >= 1", "command line")
     settings = settings.resolved()
     query: dict[str, Any] = {}
     face_query = embedder = voice_embedding = None
+    face_vector = None
+    if person is not None:
+        found = load_person(person)
+        embedder = face_embedder(settings.model)
+        if found["embedders"]["face"] != face_embedder_label(settings):
+            raise DataError(found["file"], f"its faces were embedded by {found['embedders']['face']}; expected the "
+                                           "index settings it was made with (same --model)", field="embedders")
+        face_vector, voice_embedding = person_embeddings(found)
+        face_threshold = embedder.threshold if face_threshold is None else face_threshold
+        voice_threshold = VOICE_THRESHOLD if voice_threshold is None else voice_threshold
+        query["person"] = {"file": found["file"], "id": found["id"], "name": found.get("name"),
+                           "face": face_vector is not None, "voice": voice_embedding is not None,
+                           "face_threshold": face_threshold, "voice_threshold": voice_threshold}
     if face is not None:
         embedder = face_embedder(settings.model)
         face_query = query_face(face, embedder, face_index)
+        face_vector = face_query.embedding
         if face_query.note and notes is not None:
             notes.append(face_query.note)
         face_threshold = embedder.threshold if face_threshold is None else face_threshold
@@ -164,10 +183,10 @@ def search(videos: list[str | Path], out_dir: str | Path, settings: IndexSetting
     for entry in entries:
         index = read_entry(entry.path)
         name = str(entry.video)
-        face_hits = _face_hits(index, name, face_query.embedding, embedder, face_threshold) if face_query else []
-        voice_hits = _voice_hits(index, name, voice_embedding, voice_threshold) if voice is not None else []
-        speaking = _speaking_hits(index, name, face_hits, voice_hits if voice is not None else None)
-        if face_query and voice is None:  # her voice, learnt from her own speaking hits, found on or off screen
+        face_hits = _face_hits(index, name, face_vector, embedder, face_threshold) if face_vector is not None else []
+        voice_hits = _voice_hits(index, name, voice_embedding, voice_threshold) if voice_embedding is not None else []
+        speaking = _speaking_hits(index, name, face_hits, voice_hits if voice_embedding is not None else None)
+        if face_vector is not None and voice_embedding is None:  # her voice, from her own speaking hits
             enrolled, segments, seconds = _enrolled_voice(index, speaking)
             enrolment.append({"video": name, "segments": segments, "speech_seconds": round(seconds, 2),
                               "enrolled": enrolled is not None})
