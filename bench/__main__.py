@@ -15,7 +15,7 @@ import time
 
 import torch
 
-SUITES = ("media", "train", "evaluate", "search", "people", "asd")
+SUITES = ("media", "train", "evaluate", "search", "people", "asd", "startup")
 ON_REQUEST = ("rehearsal",)  # minutes and gigabytes (APES at full scale): run only when named
 
 

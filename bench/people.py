@@ -46,10 +46,11 @@ PEOPLE = 5
 @lru_cache(maxsize=None)
 def photo_faces(name: str) -> tuple[np.ndarray, ...]:
     """The faces of one realdev photo, left to right, as RGB squares with a wide margin."""
-    from stages.footage.detection import detect_faces, square_crop
+    from stages.footage.detection import detect_faces
+    from stages.media.face_crop import crop_rgb
     photo = cv2.cvtColor(cv2.imread(str(REALDEV / "faces" / name)), cv2.COLOR_BGR2RGB)
     faces = sorted(detect_faces(photo, upsample=1), key=lambda f: f.box[0])
-    return tuple(square_crop(photo, f.box, 220, 0.45) for f in faces)
+    return tuple(crop_rgb(photo, f.box, 220, 0.45) for f in faces)
 
 
 @lru_cache(maxsize=None)

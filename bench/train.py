@@ -46,7 +46,8 @@ from stages.learning.tracklets import (
     tracklet_path,
 )
 from stages.media.shards import with_metadata
-from stages.train import Schedule, Trainer, World, batch_loss
+from stages.learning.losses import TripletLoss
+from stages.train import Schedule, Trainer, World
 from stages.train import run as train
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -112,10 +113,11 @@ def _trainer(bf16: bool, channels_last: bool) -> Callable[[dict[str, torch.Tenso
     torch.manual_seed(0)
     model = build_face(channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    plain_triplets = TripletLoss()
 
     def step(inputs: dict[str, torch.Tensor]) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = batch_loss(model, False, inputs, "none", 1.0, True)
+            loss = plain_triplets(model(crops=inputs.get("crops"), mels=inputs.get("mels")), inputs)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -196,7 +198,7 @@ def _gpu_trainer(compile_model: bool, device: torch.device) -> Trainer:
     torch.manual_seed(0)
     settings = dataclasses.replace(TrainParams(), compile=compile_model)
     return Trainer(settings, Run("face", "within", "seen", 0), Schedule(3e-4, 1, 1, GPU_BATCH, GPU_STEPS),
-                   World(0, 1, device), {})
+                   World(0, 1, device), {}, TripletLoss())
 
 
 def _sync(device: torch.device) -> None:

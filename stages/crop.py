@@ -21,6 +21,7 @@ from stages.core.errors import DataError
 from stages.core.progress import Progress, Silent
 from stages.core.schemas import CROPS
 from stages.media.crop_codec import IMAGE_FORMATS, JPEG, encode_crops
+from stages.media.face_crop import BLACK_YUV, resize_square, square_boxes, square_of
 from stages.media.shards import (
     FINGERPRINT_KEY,
     ShardWriter,
@@ -44,53 +45,12 @@ from stages.rawdata.layout import RawLayout
 ROWS_PER_GROUP = 2048
 
 
-def square_boxes(boxes: np.ndarray, width: int, height: int, margin: float) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel squares (left, top, side) of normalised (N, 4) boxes, and which boxes have an area.
-
-    A box is clipped to the frame, then squared around its centre with `margin` of its longer side on
-    every side. All three numbers are even, so the square falls on whole 4:2:0 chroma samples. A box
-    under one pixel wide or high has no area (a counted skip).
-    """
-    clipped = np.clip(np.asarray(boxes, np.float64).reshape(-1, 4), 0.0, 1.0)
-    left, right = clipped[:, 0] * width, clipped[:, 2] * width
-    top, bottom = clipped[:, 1] * height, clipped[:, 3] * height
-    valid = (right - left >= 1.0) & (bottom - top >= 1.0)
-    side = 2 * np.maximum(1, np.rint(np.maximum(right - left, bottom - top) * (1.0 + 2.0 * margin) / 2.0))
-    x = 2 * np.rint(((left + right) / 2.0 - side / 2.0) / 2.0)
-    y = 2 * np.rint(((top + bottom) / 2.0 - side / 2.0) / 2.0)
-    return np.stack([x, y, side], axis=1).astype(np.int64), valid
-
-
-def _square(plane: np.ndarray, left: int, top: int, side: int, fill: int) -> np.ndarray:
-    """The square [left, left+side) x [top, top+side) of one plane, `fill` outside it."""
-    height, width = plane.shape
-    x0, y0, x1, y1 = max(left, 0), max(top, 0), min(left + side, width), min(top + side, height)
-    if x0 == left and y0 == top and x1 == left + side and y1 == top + side:
-        return plane[top:top + side, left:left + side]
-    region = np.full((side, side), fill, np.uint8)
-    if x1 > x0 and y1 > y0:
-        region[y0 - top:y1 - top, x0 - left:x1 - left] = plane[y0:y1, x0:x1]
-    return region
-
-
-def _resize(square: np.ndarray, size: int) -> np.ndarray:
-    """Area-average down to size x size: bilinear to the nearest multiple of `size`, then an integer-factor
-    area resize (same result within a grey level as one INTER_AREA call, several times faster)."""
-    side = square.shape[0]
-    factor = side // size
-    if factor < 2:
-        return cv2.resize(square, (size, size), interpolation=cv2.INTER_LINEAR)
-    if side != factor * size:
-        square = cv2.resize(square, (factor * size, factor * size), interpolation=cv2.INTER_LINEAR)
-    return cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA)
-
-
 def cut(frame: Planes, left: int, top: int, side: int, size: int, out: np.ndarray | None = None) -> np.ndarray:
     """The RGB crop size x size of the square (even left, top, side), black outside the frame."""
     half = size // 2
-    y = _resize(_square(frame.y, left, top, side, 16), size)
-    u = _resize(_square(frame.u, left // 2, top // 2, side // 2, 128), half)
-    v = _resize(_square(frame.v, left // 2, top // 2, side // 2, 128), half)
+    y = resize_square(square_of(frame.y, left, top, side, BLACK_YUV[0]), size)
+    u = resize_square(square_of(frame.u, left // 2, top // 2, side // 2, BLACK_YUV[1]), half)
+    v = resize_square(square_of(frame.v, left // 2, top // 2, side // 2, BLACK_YUV[2]), half)
     i420 = np.concatenate([y.reshape(-1), u.reshape(-1), v.reshape(-1)]).reshape(size * 3 // 2, size)
     return cv2.cvtColor(i420, cv2.COLOR_YUV2RGB_I420, dst=out)
 

@@ -67,20 +67,20 @@ class Row:
     @property
     def key(self) -> str:
         """'random', 'untrained/<modality>', 'pretrained/<modality>' or '<modality>/<sampling>' (benchmark.json)."""
-        if self.method is Method.random:
+        if self.method == Method.random:
             return "random"
-        if self.method is Method.trained:
+        if self.method == Method.trained:
             return f"{self.modality}/{self.sampling}"
         return f"{self.method}/{self.modality}"
 
     @property
     def label(self) -> str:
         """The row's name in the Markdown tables."""
-        if self.method is Method.random:
+        if self.method == Method.random:
             return "Random"
-        if self.method is Method.untrained:
+        if self.method == Method.untrained:
             return f"Untrained ({MODALITY_TITLES[self.modality].split()[0].lower()})"
-        if self.method is Method.pretrained:
+        if self.method == Method.pretrained:
             return f"Pretrained {self.modality}"
         return f"{MODALITY_TITLES[self.modality]}: {self.sampling.capitalize()}"
 
@@ -172,11 +172,11 @@ def _choice(kind: type[StrEnum], value: object) -> StrEnum | None:
 def row_of(metrics: dict) -> Row | None:
     """The table row a metrics file fills; None for files of other methods."""
     method, modality = _choice(Method, metrics.get("method")), _choice(Modality, metrics.get("modality"))
-    if method is Method.random:
+    if method == Method.random:
         return RANDOM
     if method is None or modality is None:
         return None
-    if method is not Method.trained:
+    if method != Method.trained:
         return Row(method, modality)
     sampling = _choice(Sampling, metrics.get("sampling"))
     return None if sampling is None else trained(modality, sampling)
@@ -207,7 +207,7 @@ def read_records(metrics_dir: str | Path) -> tuple[list[Record], list[dict]]:
 def row_layout(task: Task, present: set[Row]) -> list[Row]:
     """The rows in table order: the paper's, plus rows of other modalities that have files."""
     modalities = [m for m in Modality if m in PAPER_MODALITIES[task]
-                  or any(row.method is Method.trained and row.modality is m for row in present)]
+                  or any(row.method == Method.trained and row.modality == m for row in present)]
     rows = [RANDOM, *(Row(Method.untrained, m) for m in modalities)]
     rows += [Row(Method.pretrained, m) for m in Modality if Row(Method.pretrained, m) in present]
     return rows + [trained(m, s) for m in modalities for s in Sampling]
@@ -254,10 +254,10 @@ def build_tables(records: list[Record], seeds: tuple[int, ...]) -> tuple[Tables,
         chosen[key] = record
     tables: Tables = {}
     for task in Task:
-        present = {row for (t, row, _) in chosen if t is task}
+        present = {row for (t, row, _) in chosen if t == task}
         tables[task] = []
         for row in row_layout(task, present):
-            found = sorted((r for (t, placed, _), r in chosen.items() if t is task and placed == row),
+            found = sorted((r for (t, placed, _), r in chosen.items() if t == task and placed == row),
                            key=lambda r: r.seed if r.seed is not None else -1)
             paper = PAPER[task].get(row.key)
             cells = {column: _cell([float(r.metrics[column]) for r in found],
@@ -429,7 +429,7 @@ def render_markdown(tables: Tables, seeds: tuple[int, ...], notes: list[str], fi
 
 def best_run(tables: Tables, records: list[Record]) -> Record | None:
     """The trained run file with the highest mAP among the reported cells (the figure's model)."""
-    reported = {name for rows in tables.values() for entry in rows if entry.row.method is Method.trained
+    reported = {name for rows in tables.values() for entry in rows if entry.row.method == Method.trained
                 for name in entry.files}
     candidates = [r for r in records if r.path.name in reported]
     return max(candidates, key=lambda r: (r.metrics["mAP"], r.path.name), default=None)

@@ -21,19 +21,18 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from stages.core.atomic import atomic_path
-from stages.core.choices import Device, Mining, Modality, Profile
+from stages.core.choices import CrossmodalInit, Device, Modality, Profile
 from stages.core.config import TrainParams
 from stages.core.errors import ApesError, DataError
 from stages.core.progress import Progress, Silent
 from stages.core.runs import Run
 from stages.evaluation.ranking import ranking_metrics
-from stages.learning import losses
-from stages.learning.datasets import Store, load_store
+from stages.learning.datasets import Store, crop_geometry, load_store
 from stages.learning.embed import embed_store, use_bf16
 from stages.learning.feed import Feed
+from stages.learning.losses import TripletLoss
 from stages.learning.models import Embedder, build_model, checkpoint_payload, start_stream_from
 from stages.learning.pool import STREAMS
 from stages.learning.samplers import PKSampler, TripletSampler
@@ -92,6 +91,12 @@ class World:
         if self.size > 1:
             dist.barrier()
 
+    def close(self) -> None:
+        """Wait for every rank, then leave the process group (DDP teardown)."""
+        if self.size > 1:
+            dist.barrier()
+            dist.destroy_process_group()
+
 
 @dataclass
 class Progression:
@@ -111,22 +116,21 @@ def resolve_schedule(train: TrainParams, modality: str, anchors: int) -> Schedul
     if train.profile in SCHEDULES:
         lr, epochs, step = SCHEDULES[train.profile][modality]
         return Schedule(lr, epochs, step, PAPER_BATCH, max(1, math.ceil(anchors / (PAPER_BATCH // 3))))
-    optim = getattr(train, modality)
+    optim = train.optim(modality)
     return Schedule(optim.lr, optim.epochs, optim.step_epochs, train.batch_size, train.steps_per_epoch)
 
 
-def select_device(setting: str, local_rank: int = 0) -> torch.device:
+def select_device(setting: Device | str, local_rank: int = 0) -> torch.device:
     """auto: CUDA when available, else CPU; asking for CUDA without one is an error."""
-    if setting not in ("auto", "cpu", "cuda"):
-        raise TrainingError(f"unknown device '{setting}': expected auto, cpu or cuda")
-    if setting == "cuda" and not torch.cuda.is_available():
+    setting = Device(setting)
+    if setting is Device.cuda and not torch.cuda.is_available():
         raise TrainingError("--device cuda asked for, but no CUDA device is visible")
-    if setting == "cpu" or not torch.cuda.is_available():
+    if setting is Device.cpu or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda", local_rank)
 
 
-def join_world(device: str, threads: int) -> World:
+def join_world(device: Device | str, threads: int) -> World:
     """Read torchrun's environment, pick the device, join the process group, and share the threads."""
     rank, size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     dev = select_device(device, int(os.environ.get("LOCAL_RANK", "0")))
@@ -171,43 +175,35 @@ def _restore_rng(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
 
 
-def make_sampler(store: Store, spec: Run, train: TrainParams, batch_size: int) -> TripletSampler | PKSampler:
-    """Plain triplets (the paper) or P x K batches for in-batch mining."""
+def make_sampler(store: Store, spec: Run, loss: TripletLoss, batch_size: int,
+                 pk_k: int) -> TripletSampler | PKSampler:
+    """Plain triplets (the paper), or P x K batches of `pk_k` items a label when the loss mines."""
     strategy = strategy_named(spec.sampling)
-    if train.mining == "none":
+    if not loss.mines:
         return TripletSampler(store.tracks, strategy, spec.modality, batch_size, spec.seed)
-    return PKSampler(store.tracks, strategy, spec.modality, batch_size, spec.seed, train.pk_k)
+    return PKSampler(store.tracks, strategy, spec.modality, batch_size, spec.seed, pk_k)
 
 
-def batch_loss(model: torch.nn.Module, normalize: bool, inputs: dict[str, torch.Tensor], mining: str,
-               margin: float, distinct_tracks: bool) -> torch.Tensor:
-    """Sum of the triplet losses of every output (face, voice and, cross-modal, joint)."""
-    outputs = model(crops=inputs.get("crops"), mels=inputs.get("mels"))
-    masks = None
-    if mining != "none":
-        masks = losses.pair_masks(inputs["labels"], inputs["tracks"], inputs.get("groups"), distinct_tracks)
-    total = torch.zeros((), device=next(iter(outputs.values())).device)
-    for embedding in outputs.values():
-        embedding = embedding.float()
-        if normalize:
-            embedding = F.normalize(embedding, dim=1)
-        if masks is None:
-            total = total + losses.triplet_margin_loss(*losses.split_triplets(embedding), margin)
-            continue
-        distances = losses.pairwise_distances(embedding)
-        total = total + losses.mined_triplet_loss(distances, losses.MINERS[mining](distances, *masks), margin)
-    return total
+def run_loss(train: TrainParams, spec: Run) -> TripletLoss:
+    """The run's loss, built once: mining, margin and normalisation from params, the positive rule from the
+    sampling strategy."""
+    return TripletLoss(train.mining, train.margin, train.normalize, strategy_named(spec.sampling).distinct_tracks)
 
 
-def validate(model: Embedder, store: Store, device: torch.device, batch_size: int, bf16: bool,
-             where: str | Path = "val") -> dict:
-    """Ranking metrics of the val tracklets (the paper's per-video mAP)."""
+def validation_map(model: Embedder, store: Store, device: torch.device, batch_size: int, bf16: bool,
+                   where: str | Path = "val") -> float:
+    """Validation mAP: the paper's per-video ranking mAP of the val tracklets."""
     embeddings = embed_store(model, store, device, batch_size, bf16)
     try:
         return ranking_metrics(store.tracklets["video_id"].to_pylist(), store.tracklets["identity"].to_pylist(),
-                               embeddings, store.tracklets["entity_id"].to_pylist())
+                               embeddings, store.tracklets["entity_id"].to_pylist())["mAP"]
     except ValueError as error:
         raise DataError(where, f"cannot validate: {error}") from None
+
+
+def validation_due(epoch: int, epochs: int, every: int) -> bool:
+    """Whether 0-based `epoch` validates: every `every` epochs, and always the last."""
+    return epoch + 1 == epochs or (epoch + 1) % every == 0
 
 
 def _write_history(path: Path, history: list[dict[str, float]]) -> None:
@@ -226,11 +222,11 @@ def _save(path: Path, payload: dict[str, Any]) -> None:
 
 
 class Trainer:
-    """The model, its optimiser and scheduler, and one epoch of triplet training (voxceleb_trainer style)."""
+    """The model, its loss, optimiser and scheduler, and one epoch of triplet training (voxceleb_trainer style)."""
 
-    def __init__(self, train: TrainParams, spec: Run, schedule: Schedule, world: World,
-                 start_from: dict[str, Path]) -> None:
-        self.train, self.spec, self.world = train, spec, world
+    def __init__(self, train: TrainParams, spec: Run, schedule: Schedule, world: World, start_from: dict[str, Path],
+                 loss: TripletLoss) -> None:
+        self.spec, self.world, self.loss = spec, world, loss
         self.bf16 = use_bf16(world.device, train.precision)
         self.model = build_model(spec.modality, train.normalize, train.pretrained)
         for stream, checkpoint in start_from.items():
@@ -246,7 +242,7 @@ class Trainer:
         if train.compile:
             self.net = torch.compile(self.net)
 
-    def train_epoch(self, batches: Iterator[tuple[tuple[int, int], dict[str, torch.Tensor]]], distinct_tracks: bool,
+    def train_epoch(self, batches: Iterator[tuple[tuple[int, int], dict[str, torch.Tensor]]],
                     progress: Progress) -> tuple[float, int]:
         """One epoch of steps; returns the mean loss and the samples seen (all ranks).
 
@@ -260,8 +256,7 @@ class Trainer:
             first = first if step_losses else (epoch, step)
             inputs = {k: v.to(self.world.device, non_blocking=True) for k, v in inputs.items()}
             with torch.autocast(self.world.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                loss = batch_loss(self.net, self.train.normalize, inputs, self.train.mining, self.train.margin,
-                                  distinct_tracks)
+                loss = self.loss(self.net(crops=inputs.get("crops"), mels=inputs.get("mels")), inputs)
             step_losses.append(self.world.mean(loss.detach().float()))
             if self.world.device.type != "cuda":
                 self._check_finite(step_losses[-1].view(1), (epoch, step))
@@ -284,9 +279,10 @@ class Trainer:
                                 f"step {step + 1}; lower train.{self.spec.modality}.lr, set train.precision: fp32, "
                                 "or look for NaN/inf in the inputs")
 
-    def state(self, epoch: int, history: list[dict[str, float]], signature: dict[str, Any]) -> dict[str, Any]:
+    def state(self, epoch: int, history: list[dict[str, float]], signature: dict[str, Any],
+              meta: dict[str, Any]) -> dict[str, Any]:
         """What last.pt holds: everything `resume` needs to continue to the same result."""
-        return {"model": checkpoint_payload(self.model), "optimizer": self.optimizer.state_dict(),
+        return {"model": checkpoint_payload(self.model, meta), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "epoch": epoch, "history": history,
                 "rng": _rng_states(), "signature": signature}
 
@@ -307,54 +303,52 @@ class Trainer:
 
 @dataclass(frozen=True)
 class Data:
-    """A run's train and val items in RAM, its sampler and the schedule the profile resolves to."""
+    """A run's train and val items in RAM, its sampler, the schedule the profile resolves to and the geometry of
+    its face crops."""
 
     store: Store
     val_store: Store
     sampler: TripletSampler | PKSampler
     schedule: Schedule
+    crop: dict[str, Any]
 
-    @property
-    def crop_size(self) -> int:
-        """Side of the training crops in pixels, as the crop shards' metadata says (0 for a voice run)."""
-        return int(self.store.crops.shape[1]) if "crops" in self.sampler.streams else 0
-
-    def deviations(self, settings: TrainParams) -> list[str]:
+    def deviations(self, profile: Profile, pretrained: str) -> list[str]:
         """How a paper or authors run departs from that setup: no ImageNet weights, crops other than 124 px."""
-        if settings.profile not in SCHEDULES:
+        if profile not in SCHEDULES:
             return []
         found = []
-        if not settings.pretrained:
+        if not pretrained:
             found.append("no ImageNet weights (train.pretrained is empty): the streams start from scratch")
-        if self.crop_size not in (0, PAPER_CROP):
-            found.append(f"face crops are {self.crop_size} px, not {PAPER_CROP} (run `apes-cli crop` with size 124)")
+        if self.crop and self.crop["crop_size"] != PAPER_CROP:
+            found.append(f"face crops are {self.crop['crop_size']} px, not {PAPER_CROP} (run `apes-cli crop` with "
+                         "size 124)")
         return found
 
-    def signature(self, settings: TrainParams, spec: Run, world: World) -> dict[str, Any]:
-        """The settings a resumed run must share with the one that wrote last.pt."""
-        return {"run": spec.name, "seed": spec.seed, "schedule": self.schedule.__dict__, "mining": settings.mining,
-                "normalize": settings.normalize, "margin": settings.margin, "pk_k": settings.pk_k,
-                "precision": settings.precision,
-                "pretrained": settings.pretrained, "max_crops_per_track": settings.max_crops_per_track,
-                "world": world.size, "tracklets": self.store.tracklets.num_rows}
+
+def signature(settings: TrainParams, spec: Run, data: Data, loss: TripletLoss, world: World,
+              start_from: dict[str, Path]) -> dict[str, Any]:
+    """The settings a resumed run must share with the one that wrote last.pt."""
+    return {"run": spec.name, "seed": spec.seed, "schedule": data.schedule.__dict__, **loss.settings(),
+            "pk_k": settings.pk_k, "precision": settings.precision, "pretrained": settings.pretrained,
+            "max_crops_per_track": settings.max_crops_per_track, "world": world.size,
+            "tracklets": data.store.tracklets.num_rows, "start_from": sorted(str(p) for p in start_from.values())}
 
 
-def single_run_checkpoints(settings: TrainParams, spec: Run, models_dir: str | Path) -> dict[str, Path]:
-    """Where a cross-modal run's streams start (train.crossmodal_init: single_runs): the face and voice runs
-    of its sampling, task and seed; nothing for other runs or crossmodal_init: scratch."""
-    if spec.modality != "crossmodal" or settings.crossmodal_init == "scratch":
+def single_run_checkpoints(init: CrossmodalInit, spec: Run, models_dir: str | Path) -> dict[str, Path]:
+    """Where a cross-modal run's streams start (train.crossmodal_init: single_runs): model.pt of the face and voice
+    runs of its sampling, task and seed; nothing for other runs or crossmodal_init: scratch."""
+    if spec.modality != Modality.crossmodal or init == CrossmodalInit.scratch:
         return {}
-    found = {}
-    for stream in ("face", "voice"):
-        single = Run(stream, spec.sampling, spec.task, spec.seed, spec.seed_in_name)
-        found[stream] = Path(models_dir) / single.name / "model.pt"
-        if not found[stream].is_file():
-            raise TrainingError(f"run {spec.name} starts its {stream} stream from {found[stream]}, which does not "
-                                f"exist: train `{single.name}` first, or set train.crossmodal_init: scratch")
-    return found
+    return {stream: Path(models_dir) / single.name / "model.pt" for stream, single in single_runs(spec).items()}
 
 
-def load_data(settings: TrainParams, spec: Run, crops_dir: str | Path, mels_dir: str | Path,
+def single_runs(spec: Run) -> dict[str, Run]:
+    """The face and voice runs a cross-modal run starts from."""
+    return {stream: Run(stream, spec.sampling, spec.task, spec.seed, spec.seed_in_name)
+            for stream in (Modality.face, Modality.voice)}
+
+
+def load_data(settings: TrainParams, spec: Run, loss: TripletLoss, crops_dir: str | Path, mels_dir: str | Path,
               triplets_dir: str | Path) -> Data:
     """Decode the task's train items (tracklets of the triplets stage) and val items; size the schedule."""
     streams = STREAMS[spec.modality]
@@ -362,80 +356,129 @@ def load_data(settings: TrainParams, spec: Run, crops_dir: str | Path, mels_dir:
                        tracklets=read_tracklet_table(triplets_dir, spec.task))
     val_store = load_store(crops_dir, mels_dir, "val", spec.task, streams,
                            max_crops=settings.val_items_per_track, max_snippets=settings.val_items_per_track)
+    crop = crop_geometry(crops_dir, "train") if "crops" in streams else {}
     try:
-        schedule = resolve_schedule(settings, spec.modality, len(make_sampler(store, spec, settings, 3).anchors))
-        return Data(store, val_store, make_sampler(store, spec, settings, schedule.batch_size), schedule)
+        sampler = make_sampler(store, spec, loss, batch_size(settings), settings.pk_k)
+        return Data(store, val_store, sampler, resolve_schedule(settings, spec.modality, len(sampler.anchors)), crop)
     except ValueError as error:
         raise TrainingError(f"run {spec.name}: {error}") from None
 
 
-def run(settings: TrainParams, spec: Run, crops_dir: str | Path, mels_dir: str | Path, triplets_dir: str | Path,
-        models_dir: str | Path, history_path: str | Path, *, eval_batch_size: int, device: str = "auto",
-        resume: bool = False, progress: Progress | None = None) -> dict[str, Any]:
-    """Train one run end to end (or continue it with `resume`); returns the final metrics."""
-    started = time.perf_counter()
-    progress = progress or Silent()
-    world = join_world(device, settings.threads)
-    _seed_everything(spec.seed)
-    data = load_data(settings, spec, crops_dir, mels_dir, triplets_dir)
-    schedule, sampler = data.schedule, data.sampler
-    start_from = single_run_checkpoints(settings, spec, models_dir)
-    deviations = data.deviations(settings)
-    if start_from and settings.profile in SCHEDULES:
-        deviations.append("the cross-modal streams start from the face and voice runs (train.crossmodal_init)")
-    if deviations and world.leader:
-        log.warning("warning: run %s departs from profile %s: %s", spec.name, settings.profile, "; ".join(deviations))
-    trainer = Trainer(settings, spec, schedule, world, start_from)
-    signature = data.signature(settings, spec, world) | {"start_from": sorted(str(p) for p in start_from.values())}
-    run_dir = Path(models_dir) / spec.name
-    done = trainer.resume(run_dir / "last.pt", signature) if resume else Progression()
-    history, seconds_before = done.history, done.seconds_before  # read once: history grows below
-    feed = Feed(data.store, sampler, spec.seed, world.device, world.rank, world.size)
+def batch_size(train: TrainParams) -> int:
+    """Images (or face+voice pairs) a step: the paper's batch for its profiles, params.yaml's otherwise."""
+    return PAPER_BATCH if train.profile in SCHEDULES else train.batch_size
+
+
+def run_facts(spec: Run, epochs: int, crop: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's record of its run: identity, epochs done, and the crop geometry its face stream saw."""
+    return {"run": spec.name, "sampling": spec.sampling, "task": spec.task, "seed": spec.seed, "epochs": epochs,
+            **crop}
+
+
+def fit(trainer: Trainer, data: Data, feed: Feed, done: Progression, *, spec: Run, val_every: int, workers: int,
+        signature: dict[str, Any], run_dir: Path, history_path: Path, eval_batch_size: int, where: Path,
+        started: float, progress: Progress) -> tuple[list[dict[str, float]], int, float]:
+    """The epoch loop from where `done` left off: train, validate when due, write last.pt and the history.
+    Returns the history, the samples seen and the seconds spent training."""
+    schedule, world, history = data.schedule, trainer.world, list(done.history)
     progress.start((schedule.epochs - done.first_epoch) * schedule.steps_per_epoch, f"train {spec.name}")
     samples, train_seconds = 0, 0.0
     for epoch in range(done.first_epoch, schedule.epochs):
         epoch_started = time.perf_counter()
         keys = [(epoch, step) for step in range(schedule.steps_per_epoch)]
         batches = feed.batches(keys)
-        if settings.workers and world.device.type == "cpu":
-            batches = zip(keys, torch.utils.data.DataLoader(feed, batch_size=None, sampler=keys,
-                                                            num_workers=settings.workers))
-        loss, seen = trainer.train_epoch(batches, sampler.strategy.distinct_tracks, progress)
+        if workers and world.device.type == "cpu":
+            batches = zip(keys, torch.utils.data.DataLoader(feed, batch_size=None, sampler=keys, num_workers=workers))
+        loss, seen = trainer.train_epoch(batches, progress)
         samples, train_seconds = samples + seen, train_seconds + time.perf_counter() - epoch_started
-        due = epoch + 1 == schedule.epochs or (epoch + 1) % settings.val_every == 0
         val_map = float("nan")
-        if world.leader and due:
-            val_map = validate(trainer.model, data.val_store, world.device, eval_batch_size, trainer.bf16,
-                               Path(crops_dir) / "val")["mAP"]
+        if world.leader and validation_due(epoch, schedule.epochs, val_every):
+            val_map = validation_map(trainer.model, data.val_store, world.device, eval_batch_size, trainer.bf16, where)
         history.append({"epoch": epoch + 1, "loss": loss, "val_mAP": val_map,
-                        "seconds": round(seconds_before + time.perf_counter() - started, 2)})
+                        "seconds": round(done.seconds_before + time.perf_counter() - started, 2)})
         if world.leader:
-            trainer.model.meta = {"run": spec.name, "sampling": spec.sampling, "task": spec.task, "seed": spec.seed,
-                                  "epochs": epoch + 1, "crop_size": data.crop_size}
-            _save(run_dir / "last.pt", trainer.state(epoch + 1, history, signature))
-            _write_history(Path(history_path), history)
+            _save(run_dir / "last.pt", trainer.state(epoch + 1, history, signature,
+                                                     run_facts(spec, epoch + 1, data.crop)))
+            _write_history(history_path, history)
         world.barrier()
+    return history, samples, train_seconds
 
-    final = history[-1]
-    metrics = {
+
+def train_single_runs_first(settings: TrainParams, spec: Run, dirs: tuple[Path, Path, Path, Path],
+                            history_path: Path, eval_batch_size: int, device: Device | str,
+                            progress: Progress) -> dict[str, dict[str, Any]]:
+    """Train the face and voice runs a cross-modal run starts from whose model.pt is missing (the design's
+    `apes-cli train --modality crossmodal` on a fresh clone); returns their metrics by run name."""
+    crops_dir, mels_dir, triplets_dir, models_dir = dirs
+    trained: dict[str, dict[str, Any]] = {}
+    for single in single_runs(spec).values():
+        if not (models_dir / single.name / "model.pt").is_file():
+            log.warning("run %s starts from %s, which is not trained yet: training %s first "
+                        "(train.crossmodal_init: single_runs)", spec.name, single.name, single.name)
+            trained[single.name] = run(settings, single, crops_dir, mels_dir, triplets_dir, models_dir,
+                                       history_path.with_name(f"train_{single.name}.tsv"),
+                                       eval_batch_size=eval_batch_size, device=device, progress=progress)
+    return trained
+
+
+def run(settings: TrainParams, spec: Run, crops_dir: str | Path, mels_dir: str | Path, triplets_dir: str | Path,
+        models_dir: str | Path, history_path: str | Path, *, eval_batch_size: int, device: Device | str = Device.auto,
+        resume: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+    """Train one run end to end (or continue it with `resume`); returns the final metrics. A cross-modal run that
+    starts from the single runs trains those first when their model.pt is missing."""
+    progress = progress or Silent()
+    models_dir = Path(models_dir)
+    start_from = single_run_checkpoints(settings.crossmodal_init, spec, models_dir)
+    trained_first = {}
+    if start_from:
+        trained_first = train_single_runs_first(settings, spec, (Path(crops_dir), Path(mels_dir), Path(triplets_dir),
+                                                models_dir), Path(history_path), eval_batch_size, device, progress)
+    started = time.perf_counter()
+    world = join_world(device, settings.threads)
+    _seed_everything(spec.seed)
+    loss = run_loss(settings, spec)
+    data = load_data(settings, spec, loss, crops_dir, mels_dir, triplets_dir)
+    deviations = data.deviations(settings.profile, settings.pretrained)
+    if start_from and settings.profile in SCHEDULES:
+        deviations.append("the cross-modal streams start from the face and voice runs (train.crossmodal_init)")
+    if deviations and world.leader:
+        log.warning("warning: run %s departs from profile %s: %s", spec.name, settings.profile, "; ".join(deviations))
+    trainer = Trainer(settings, spec, data.schedule, world, start_from, loss)
+    signed = signature(settings, spec, data, loss, world, start_from)
+    run_dir = models_dir / spec.name
+    done = trainer.resume(run_dir / "last.pt", signed) if resume else Progression()
+    feed = Feed(data.store, data.sampler, spec.seed, world.device, world.rank, world.size)
+    history, samples, train_seconds = fit(
+        trainer, data, feed, done, spec=spec, val_every=settings.val_every, workers=settings.workers,
+        signature=signed, run_dir=run_dir, history_path=Path(history_path), eval_batch_size=eval_batch_size,
+        where=Path(crops_dir) / "val", started=started, progress=progress)
+    if world.leader:
+        _save(run_dir / "model.pt", checkpoint_payload(trainer.model, run_facts(spec, history[-1]["epoch"], data.crop)))
+        # last.pt (weights + Adam moments: 3x model.pt) only serves an unfinished run; DVC would cache it too
+        (run_dir / "last.pt").unlink(missing_ok=True)
+    world.close()
+    metrics = final_metrics(settings, spec, data, trainer, feed, history, done, samples=samples,
+                            train_seconds=train_seconds, seconds=done.seconds_before + time.perf_counter() - started,
+                            deviations=deviations, start_from=start_from)
+    return metrics | ({"trained_first": trained_first} if trained_first else {})
+
+
+def final_metrics(settings: TrainParams, spec: Run, data: Data, trainer: Trainer, feed: Feed,
+                  history: list[dict[str, float]], done: Progression, *, samples: int, train_seconds: float,
+                  seconds: float, deviations: list[str], start_from: dict[str, Path]) -> dict[str, Any]:
+    """The run's metrics JSON: what ran where, with which settings, and the last epoch's loss and val mAP."""
+    world, schedule, final = trainer.world, data.schedule, history[-1]
+    return {
         "run": spec.name, "modality": spec.modality, "sampling": spec.sampling, "task": spec.task,
         "seed": spec.seed, "profile": settings.profile, "deviations": deviations, "device": world.device.type,
         "precision": "bf16" if trainer.bf16 else "fp32", "machine": machine(world.device, trainer.bf16),
         "feed": "resident" if feed.resident else "staged", "compile": settings.compile, "world_size": world.size,
         "threads": torch.get_num_threads(), "epochs": final["epoch"], "steps_per_epoch": schedule.steps_per_epoch,
-        "batch_size": schedule.batch_size, "lr": schedule.lr, "mining": settings.mining,
-        "normalize": settings.normalize, "loss": round(final["loss"], 6), "first_loss": round(history[0]["loss"], 6),
+        "batch_size": schedule.batch_size, "lr": schedule.lr, **trainer.loss.settings(),
+        "loss": round(final["loss"], 6), "first_loss": round(history[0]["loss"], 6),
         "val_mAP": round(final["val_mAP"], 4), "train_tracklets": data.store.tracklets.num_rows,
-        "anchors": len(sampler.anchors), "val_tracklets": data.val_store.tracklets.num_rows,
+        "anchors": len(data.sampler.anchors), "val_tracklets": data.val_store.tracklets.num_rows,
         "images_per_s": round(samples / train_seconds, 1) if train_seconds else None,
-        "seconds": round(seconds_before + time.perf_counter() - started, 2),
-        "resumed_at_epoch": done.first_epoch, "started_from": {k: str(v) for k, v in start_from.items()},
+        "seconds": round(seconds, 2), "resumed_at_epoch": done.first_epoch,
+        "started_from": {k: str(v) for k, v in start_from.items()},
     }
-    if world.leader:
-        _save(run_dir / "model.pt", checkpoint_payload(trainer.model))
-        # last.pt (weights + Adam moments: 3x model.pt) only serves an unfinished run; DVC would cache it too
-        (run_dir / "last.pt").unlink(missing_ok=True)
-    if world.size > 1:
-        dist.barrier()
-        dist.destroy_process_group()
-    return metrics

@@ -36,10 +36,11 @@ VOICE_PIECES = {
 @lru_cache(maxsize=1)
 def group_faces() -> tuple[np.ndarray, ...]:
     """The six faces of the group photo, RGB squares with a wide margin, left to right."""
-    from stages.footage.detection import detect_faces, square_crop
+    from stages.footage.detection import detect_faces
+    from stages.media.face_crop import crop_rgb
     photo = cv2.cvtColor(cv2.imread(str(GROUP_PHOTO)), cv2.COLOR_BGR2RGB)
     faces = sorted(detect_faces(photo, upsample=1), key=lambda f: f.box[0])
-    return tuple(square_crop(photo, f.box, 220, 0.45) for f in faces)
+    return tuple(crop_rgb(photo, f.box, 220, 0.45) for f in faces)
 
 
 @lru_cache(maxsize=1)

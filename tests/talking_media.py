@@ -43,7 +43,7 @@ class Talker:
 
 def _talker(photo: np.ndarray, box: np.ndarray) -> Talker:
     """Cut a face square around a detected box; the mouth line at 0.76 of the box height."""
-    from stages.footage.detection import square_crop
+    from stages.media.face_crop import crop_rgb
     margin = 0.45
     side = max(box[2] - box[0], box[3] - box[1]) * (1 + 2 * margin)
     scale = FACE_SIDE / side
@@ -51,7 +51,7 @@ def _talker(photo: np.ndarray, box: np.ndarray) -> Talker:
     mouth_x = FACE_SIDE / 2
     mouth_y = FACE_SIDE / 2 + (box[1] + 0.76 * (box[3] - box[1]) - cy) * scale
     half = 0.14 * (box[2] - box[0]) * scale
-    return Talker(square_crop(photo, box, FACE_SIDE, margin), (mouth_x, mouth_y, half))
+    return Talker(crop_rgb(photo, box, FACE_SIDE, margin), (mouth_x, mouth_y, half))
 
 
 @lru_cache(maxsize=2)

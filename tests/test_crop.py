@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -28,8 +29,9 @@ from media_data import (
 )
 
 from stages.core.errors import DataError
-from stages.crop import cut, square_boxes
+from stages.crop import cut
 from stages.media.crop_codec import decode_crops
+from stages.media.face_crop import crop_rgb, square_boxes
 from stages.media.shards import metadata
 from stages.media.video_io import frame_indices
 from stages.rawdata.annotations import load_split
@@ -117,6 +119,25 @@ def test_crops_match_the_rendered_box_of_the_nearest_frame(work: Path) -> None:
                                                   0.1)[0]
                 expected = cut(planes_of(render_frame(int(index), video.tracks)), left, top, side, 64)
                 assert np.abs(image.astype(int) - expected).mean() < 4, row
+
+
+@pytest.mark.parametrize("box", [(0.40, 0.30, 0.55, 0.70), (-0.05, 0.80, 0.12, 1.10), (0.9, -0.2, 1.0, 0.1)])
+def test_search_crops_a_frame_as_the_crop_stage_does(box: tuple[float, ...]) -> None:
+    """`search --model` (an RGB frame, a pixel box) and the crop stage (YUV planes) cut the same pixels: same
+    square, same black outside the frame, same resize; only the stage's 4:2:0 colour rounding differs."""
+    rng = np.random.default_rng(3)
+    rgb = cv2.resize(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8), (320, 180), interpolation=cv2.INTER_NEAREST)
+    squares, _ = square_boxes(np.array([box]), 320, 180, 0.1)
+    left, top, side = (int(v) for v in squares[0])
+    stage = cut(planes_of(rgb), left, top, side, 32).astype(int)
+    search = crop_rgb(rgb, np.array(box) * [320, 180, 320, 180], 32, 0.1).astype(int)
+    assert search.shape == stage.shape == (32, 32, 3)
+    difference = np.abs(search - stage)  # colour blocks of 40 x 30 px: 4:2:0 chroma blurs only their edges
+    assert np.median(difference) <= 2 and difference.mean() < 8, (np.median(difference), difference.mean())
+    outside = search.sum(axis=2) == 0
+    assert outside.any() == (left < 0 or top < 0 or left + side > 320 or top + side > 180)
+    if outside.any():
+        assert np.median(stage[outside]) <= 3  # black where the stage fills black
 
 
 def test_box_at_the_frame_corner_is_padded_black(work: Path) -> None:

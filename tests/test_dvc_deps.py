@@ -336,4 +336,4 @@ def test_only_the_pretrained_evaluations_reach_the_search_code() -> None:
     for name, stage in DVC.items():
         modules = set().union(*(closure(command, command_line(stage, command)) for command in commands(stage)))
         reaches = any((ROOT / "stages" / "footage") in module.parents for module in modules)
-        assert reaches == (name == "evaluate_pretrained"), name
+        assert reaches == name.startswith("evaluate_pretrained"), name

@@ -196,9 +196,9 @@ def test_trained_run_uses_its_checkpoint(tmp_path, shards, precision):
     params = load_params(tmp_path / "params.yaml")
     torch.manual_seed(11)
     model = build_model("crossmodal").eval()
-    model.meta = {"sampling": "within", "task": "seen_heard", "seed": 5}
+    meta = {"sampling": "within", "task": "seen_heard", "seed": 5}
     (tmp_path / "models" / "crossmodal_within_seen_heard").mkdir(parents=True)
-    torch.save(checkpoint_payload(model), tmp_path / "models" / "crossmodal_within_seen_heard" / "model.pt")
+    torch.save(checkpoint_payload(model, meta), tmp_path / "models" / "crossmodal_within_seen_heard" / "model.pt")
     result = _run(tmp_path, shards, "--modality", "crossmodal", "--sampling", "within", "--task", "seen_heard",
                   params=tmp_path / "params.yaml")
     assert result.exit_code == 0, result.output
@@ -214,9 +214,9 @@ def test_trained_run_uses_its_checkpoint(tmp_path, shards, precision):
 
 def test_checkpoint_of_another_run_is_refused(tmp_path, shards):
     model = build_model("face")
-    model.meta = {"sampling": "across", "task": "seen"}
+    meta = {"sampling": "across", "task": "seen"}
     (tmp_path / "models" / "face_within_seen").mkdir(parents=True)
-    torch.save(checkpoint_payload(model), tmp_path / "models" / "face_within_seen" / "model.pt")
+    torch.save(checkpoint_payload(model, meta), tmp_path / "models" / "face_within_seen" / "model.pt")
     result = _run(tmp_path, shards, "--modality", "face", "--sampling", "within", "--task", "seen")
     assert result.exit_code == 2
     assert "field 'sampling'" in result.output and "'across'" in result.output

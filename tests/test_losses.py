@@ -15,7 +15,7 @@ def test_triplet_margin_loss_matches_torch_euclidean() -> None:
     torch.manual_seed(0)
     a, p, n = torch.randn(3, 16, 8).unbind(0)
     expected = torch.nn.TripletMarginLoss(margin=1.0, p=2, eps=0.0)(a, p, n)
-    assert torch.allclose(losses.triplet_margin_loss(a, p, n, 1.0), expected, atol=1e-5)
+    assert torch.allclose(losses.TripletLoss(margin=1.0).of_embedding(torch.cat([a, p, n])), expected, atol=1e-5)
 
 
 def test_pairwise_distances_match_cdist_and_have_finite_gradient_at_zero() -> None:
@@ -54,7 +54,8 @@ def test_batch_hard_equals_brute_force_maximum_violation(p: int, k: int, seed: i
         worst = max(d[i, j] - d[i, n] + 0.5 for j, n in itertools.product(range(p * k), repeat=2)
                     if pos[i, j] and neg[i, n])
         per_anchor.append(torch.relu(worst))
-    assert torch.allclose(losses.mined_triplet_loss(d, mined, 0.5), torch.stack(per_anchor).mean(), atol=1e-5)
+    loss = losses.TripletLoss("batch_hard", margin=0.5, distinct_tracks=False)
+    assert torch.allclose(loss.of_embedding(x, (pos, neg)), torch.stack(per_anchor).mean(), atol=1e-5)
     a, pp, nn = mined
     assert (labels[a] == labels[pp]).all() and (labels[a] != labels[nn]).all()
 
@@ -80,8 +81,16 @@ def test_semi_hard_picks_nearest_negative_beyond_the_positive_else_the_farthest(
 
 def test_mined_loss_without_triplets_is_zero_and_differentiable() -> None:
     x = torch.randn(3, 4, requires_grad=True)
-    d = losses.pairwise_distances(x)
-    pos, neg = losses.pair_masks(torch.tensor([0, 1, 2]))  # no positives at all
-    loss = losses.mined_triplet_loss(d, losses.batch_hard_miner(d, pos, neg), 1.0)
+    inputs = {"labels": torch.tensor([0, 1, 2]), "tracks": torch.tensor([0, 1, 2])}  # no positives at all
+    loss = losses.TripletLoss("batch_hard", margin=1.0)({"face": x}, inputs)
     loss.backward()
     assert loss.item() == 0.0 and x.grad is not None
+
+
+def test_the_margin_is_bound_into_the_loss_and_normalize_bounds_the_distances() -> None:
+    torch.manual_seed(2)
+    rows = torch.randn(12, 5) * 10
+    loose, tight = losses.TripletLoss(margin=2.0), losses.TripletLoss(margin=0.5)
+    assert loose.of_embedding(rows) > tight.of_embedding(rows)  # same triplets, larger margin: larger hinge
+    assert losses.TripletLoss(margin=0.5, normalize=True).of_embedding(rows) <= 2.5  # unit rows: d <= 2
+    assert losses.TripletLoss("semi_hard").settings() == {"mining": "semi_hard", "margin": 1.0, "normalize": False}

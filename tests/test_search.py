@@ -23,6 +23,7 @@ import pytest
 from typer.testing import CliRunner
 
 from apes_cli.main import app
+from stages.report import COLUMNS
 from stages.footage.association import associate
 from stages.footage.frames import CutFinder
 from stages.footage.tracking import Detection, Tracker
@@ -354,6 +355,22 @@ def test_pretrained_embedders_become_report_rows(tmp_path: Path) -> None:
     assert pq.read_table(out / "pretrained_face_seen.parquet")["embedding"].to_pylist() == \
         pq.read_table(out / "pretrained_face_seen_heard.parquet")["embedding"].to_pylist()
     assert seen["mAP"] == face["mAP"]
+    # Seen & Heard from the Seen file (as dvc.yaml does): its rows, the same numbers, no dlib pass
+    common = ["evaluate", "--pretrained", "--task", "seen_heard", "--crops-dir", str(crops), "--mels-dir", str(mels),
+              "--decoded-dir", str(decoded)]
+    reused = runner.invoke(app, [*common, "--modality", "face", "--out", str(tmp_path / "again"),
+                                 "--reuse", str(out / "pretrained_face_seen.parquet"),
+                                 "--metrics", str(tmp_path / "again.json")])
+    assert reused.exit_code == 0, reused.output
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert {k: again[k] for k in COLUMNS} == {k: face[k] for k in COLUMNS}
+    assert pq.read_table(tmp_path / "again" / "pretrained_face_seen_heard.parquet")["embedding"].to_pylist() == \
+        pq.read_table(out / "pretrained_face_seen_heard.parquet")["embedding"].to_pylist()
+    wrong = runner.invoke(app, [*common, "--modality", "face", "--out", str(tmp_path / "wrong"),
+                                "--reuse", str(out / "pretrained_voice_seen_heard.parquet"),
+                                "--metrics", str(tmp_path / "wrong.json")])
+    assert wrong.exit_code == 2 and "pretrained_voice_seen_heard.parquet" in wrong.output
+    assert "pretrained_model" in wrong.output and not (tmp_path / "wrong.json").exists()
 
     result = runner.invoke(app, ["report", "--eval-dir", str(eval_dir), "--out", str(tmp_path / "report"),
                                  "--crops-dir", str(crops), "--metrics", str(tmp_path / "report.json")])
@@ -382,11 +399,11 @@ def test_a_network_trained_by_the_pipeline_replaces_the_face_descriptor(footage:
 
     from stages.learning.models import build_model, checkpoint_payload
     model = build_model("face", normalize=True)
-    model.meta = {"run": "face_within_seen_heard_s0", "crop_size": 64}
+    meta = {"run": "face_within_seen_heard_s0", "crop_size": 64, "crop_margin": 0.1, "crop_fill": "black"}
     torch.manual_seed(0)
     path = tmp_path / "face_within_seen_heard_s0" / "model.pt"
     path.parent.mkdir()
-    torch.save(checkpoint_payload(model), path)
+    torch.save(checkpoint_payload(model, meta), path)
     index = tmp_path / "index"
     result = runner.invoke(app, ["search", str(footage["video"]), "--face", str(footage["photo"]), "--model", str(path),
                                  "--index-dir", str(index), "--out", str(tmp_path / "out")])

@@ -38,8 +38,10 @@ from stages.evaluation.ranking import random_metrics
 from stages.learning.datasets import crops_to_tensor, load_store, mels_to_tensor
 from stages.learning.embed import autocast, embed_store, embed_tracklets, use_bf16
 from stages.learning.feed import Feed, fits_on
+from stages.learning.losses import TripletLoss
 from stages.learning.models import build_model, load_checkpoint
 from stages.learning.pool import STREAMS
+from stages.learning.resnet import ResNet18
 from stages.learning.tracklets import read_tracklet_table
 from stages.train import (
     Schedule,
@@ -182,25 +184,41 @@ def test_crossmodal_mined_run_and_its_tracklet_embeddings(data: dict[str, Path],
         assert np.allclose(exact, vectors, atol=1e-2) and not np.array_equal(exact, vectors)
 
 
-def test_crossmodal_streams_start_from_the_single_runs(data: dict[str, Path], tmp_path: Path) -> None:
-    warm = _settings(epochs=1, steps=1, batch=12, crossmodal_init="single_runs")
-    with pytest.raises(TrainingError, match="face_within_seen_heard_seed3/model.pt, which does not exist"):
-        _run(data, warm, Run("crossmodal", "within", "seen_heard", 3, True), tmp_path)
-    for modality in ("face", "voice"):
-        _run(data, warm, Run(modality, "within", "seen_heard", 3, True), tmp_path)
-    frozen = dataclasses.replace(warm, crossmodal=OptimParams(lr=0.0, epochs=1, step_epochs=1))
-    metrics = _run(data, frozen, Run("crossmodal", "within", "seen_heard", 3, True), tmp_path)
-    assert metrics["started_from"]["voice"].endswith("voice_within_seen_heard_seed3/model.pt")
-    models = tmp_path / "models"
-    joint = load_checkpoint(models / "crossmodal_within_seen_heard_seed3" / "model.pt")
-    for stream in ("face", "voice"):  # lr 0: the parameters are still the single run's
-        single = getattr(load_checkpoint(models / f"{stream}_within_seen_heard_seed3" / "model.pt"), stream)
-        for (name, got), want in zip(getattr(joint, stream).named_parameters(), single.parameters()):
-            assert torch.equal(got, want), name
-    scratch = dataclasses.replace(frozen, crossmodal_init="scratch")
-    _run(data, scratch, Run("crossmodal", "within", "seen_heard", 4, True), tmp_path)
-    fresh = load_checkpoint(models / "crossmodal_within_seen_heard_seed4" / "model.pt")
-    assert not torch.equal(fresh.face.net.conv1.weight, joint.face.net.conv1.weight)
+def test_the_designs_crossmodal_command_trains_the_single_runs_first_on_a_fresh_clone(data: dict[str, Path],
+                                                                                       tmp_path: Path) -> None:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    one_step = {"lr": 1e-3, "epochs": 1, "step_epochs": 1}
+    raw["train"].update(threads=1, batch_size=12, steps_per_epoch=1, precision=PRECISION, face=one_step,
+                        voice=one_step, crossmodal={"lr": 1e-7, "epochs": 1, "step_epochs": 1},
+                        crossmodal_init="single_runs")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    models, metrics_dir = tmp_path / "models", tmp_path / "metrics"
+    command = ["train", "--modality", "crossmodal", "--sampling", "within", "--params", str(tmp_path / "params.yaml"),
+               "--crops-dir", str(data["crops"]), "--mels-dir", str(data["mels"]),
+               "--triplets-dir", str(data["triplets"]), "--out", str(models),
+               "--metrics", str(metrics_dir / "train_crossmodal_within_seen_heard.json")]
+    result = CliRunner().invoke(app, command)  # no face or voice run yet, as on a fresh clone
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((metrics_dir / "train_crossmodal_within_seen_heard.json").read_text())
+    assert metrics["started_from"]["voice"].endswith("voice_within_seen_heard/model.pt")
+    for stream in ("face", "voice"):  # trained first, each with its own metrics and history; one tiny step after
+        assert json.loads((metrics_dir / f"train_{stream}_within_seen_heard.json").read_text())["modality"] == stream
+        assert (metrics_dir / f"train_{stream}_within_seen_heard.tsv").read_text().startswith("epoch\tloss")
+        single = getattr(load_checkpoint(models / f"{stream}_within_seen_heard" / "model.pt"), stream)
+        joint = getattr(load_checkpoint(models / "crossmodal_within_seen_heard" / "model.pt"), stream)
+        for (name, got), want in zip(joint.named_parameters(), single.parameters()):
+            assert torch.allclose(got, want, atol=1e-5), name
+    face_bytes = (models / "face_within_seen_heard" / "model.pt").read_bytes()
+    assert CliRunner().invoke(app, command).exit_code == 0  # the single runs exist now: started from, not retrained
+    assert (models / "face_within_seen_heard" / "model.pt").read_bytes() == face_bytes
+    assert "trained_first" not in json.loads((metrics_dir / "train_crossmodal_within_seen_heard.json").read_text())
+
+
+def test_crossmodal_from_scratch_does_not_start_from_the_single_runs(data: dict[str, Path], tmp_path: Path) -> None:
+    settings = _settings(epochs=1, steps=1, batch=12, crossmodal_init="scratch")
+    metrics = _run(data, settings, Run("crossmodal", "within", "seen_heard", 4, True), tmp_path)
+    assert metrics["started_from"] == {} and sorted(p.name for p in (tmp_path / "models").iterdir()) == \
+        ["crossmodal_within_seen_heard_seed4"]
 
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (bench/gpu_check.sh)")
@@ -234,6 +252,20 @@ def test_imagenet_weights_map_into_both_streams(tmp_path: Path) -> None:
     torch.save({"something": torch.zeros(1)}, tmp_path / "other.pth")
     with pytest.raises(DataError, match="not a torchvision ResNet-18"):
         build_model("voice", pretrained=str(tmp_path / "other.pth"))
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_the_local_resnet18_is_torchvisions_weight_for_weight(seed: int) -> None:
+    torch.manual_seed(seed)
+    theirs = resnet18(weights=None)
+    after_theirs = torch.rand(4)  # the same random draws were taken: what follows stays seeded alike
+    torch.manual_seed(seed)
+    ours = ResNet18()
+    assert torch.equal(torch.rand(4), after_theirs)
+    mine, reference = ours.state_dict(), theirs.state_dict()
+    assert list(mine) == list(reference) and all(torch.equal(mine[k], reference[k]) for k in reference)
+    images = torch.randn(2, 3, 64, 64)
+    assert torch.equal(ours.eval()(images), theirs.eval()(images))
 
 
 def test_checkpoint_errors_name_the_file(tmp_path: Path) -> None:
@@ -322,7 +354,7 @@ def test_feed_batches_are_the_cpu_paths_bits_and_a_function_of_the_key(data: dic
                                                                        mining: str) -> None:
     store = load_store(data["crops"], data["mels"], "train", "seen_heard", STREAMS[modality],
                        tracklets=read_tracklet_table(data["triplets"], "seen_heard"))
-    sampler = make_sampler(store, Run(modality, "within", "seen_heard", 5), _settings(mining=mining, pk_k=2), 24)
+    sampler = make_sampler(store, Run(modality, "within", "seen_heard", 5), TripletLoss(mining), 24, pk_k=2)
     keys = [(0, 0), (0, 1), (3, 2)]
     cpu = torch.device("cpu")
     for rank, world in ((0, 1), (1, 2)):
@@ -344,7 +376,8 @@ def test_feed_batches_are_the_cpu_paths_bits_and_a_function_of_the_key(data: dic
 def test_feed_in_dataloader_workers_gives_the_same_batches(data: dict[str, Path]) -> None:
     tracklets = read_tracklet_table(data["triplets"], "seen")
     store = load_store(data["crops"], None, "train", "seen", ("crops",), tracklets=tracklets)
-    feed = Feed(store, make_sampler(store, Run("face", "across", "seen", 2), _settings(), 24), 2, torch.device("cpu"))
+    feed = Feed(store, make_sampler(store, Run("face", "across", "seen", 2), TripletLoss(), 24, pk_k=2), 2,
+                torch.device("cpu"))
     keys = [(1, 0), (1, 1)]
     loader = torch.utils.data.DataLoader(feed, batch_size=None, sampler=keys, num_workers=1)
     assert all(torch.equal(batch["crops"], feed[key]["crops"]) for key, batch in zip(keys, loader))
@@ -361,9 +394,9 @@ def test_items_stay_on_the_gpu_only_when_they_leave_headroom(monkeypatch: pytest
 def test_compile_wraps_the_model_step_and_is_off_by_default() -> None:
     spec, schedule = Run("face", "within", "seen", 0), Schedule(1e-3, 1, 1, 24, 1)
     world = World(0, 1, torch.device("cpu"))
-    plain = Trainer(_settings(), spec, schedule, world, {})
+    plain = Trainer(_settings(), spec, schedule, world, {}, TripletLoss())
     assert plain.net is plain.model and not TrainParams().compile
-    compiled = Trainer(_settings(compile=True), spec, schedule, world, {})
+    compiled = Trainer(_settings(compile=True), spec, schedule, world, {}, TripletLoss())
     assert isinstance(compiled.net, torch._dynamo.eval_frame.OptimizedModule)
     assert compiled.net._orig_mod is compiled.model
 
@@ -372,8 +405,8 @@ def test_compile_wraps_the_model_step_and_is_off_by_default() -> None:
 def test_cuda_feed_matches_the_cpu_batches_and_trains(data: dict[str, Path], tmp_path: Path) -> None:
     store = load_store(data["crops"], data["mels"], "train", "seen_heard", ("crops", "mels"),
                        tracklets=read_tracklet_table(data["triplets"], "seen_heard"))
-    sampler = make_sampler(store, Run("crossmodal", "within", "seen_heard", 5), _settings(mining="batch_hard",
-                                                                                           pk_k=2), 24)
+    sampler = make_sampler(store, Run("crossmodal", "within", "seen_heard", 5), TripletLoss("batch_hard"), 24,
+                           pk_k=2)
     cuda = torch.device("cuda")
     resident, staged = Feed(store, sampler, 5, cuda), Feed(store, sampler, 5, cuda, resident=False)
     assert resident.resident and not staged.resident

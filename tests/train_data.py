@@ -135,6 +135,6 @@ def reference_batch(store: Store, sampler: TripletSampler | PKSampler, seed: int
         out["mels"] = mels_to_tensor(store.mels[batch.items["mels"]])
     for name in ("labels", "tracks", "groups"):
         value = getattr(batch, name)
-        if value is not None and batch.kind == "pk":
+        if value is not None and batch.labelled:
             out[name] = torch.from_numpy(np.asarray(value, np.int64))
     return out

@@ -72,6 +72,10 @@ def command(
         help="Decoded audio, for --pretrained voice (read: <dir>/audio/val/*.wav).")] = Path("data/decoded"),
     workers: Annotated[int, typer.Option(
         min=0, help="Processes for dlib's face descriptor with --pretrained (0 = one per core).")] = 0,
+    reuse: Annotated[Path | None, typer.Option(
+        help="With --pretrained: take the tracklets' embeddings from this earlier --pretrained file of the same "
+             "embedder and settings instead of embedding again (Seen & Heard from Seen: every Seen & Heard "
+             "tracklet is a Seen tracklet, cut the same; the same numbers).")] = None,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Evaluate one run, a baseline, an embeddings file or active speaker predictions."""
@@ -100,7 +104,7 @@ def command(
             raise ConfigError("--modality", f"no pretrained {modality} embedder; expected "
                                             f"{' or '.join(PRETRAINED_MODALITIES)}", "command line")
         run_stage(evaluate_pretrained.run, loaded.pretrained_baselines, modality, task, crops_dir, mels_dir,
-                  decoded_dir, out, workers,
+                  decoded_dir, out, workers, reuse,
                   metrics=metrics or Path("metrics") / f"eval_pretrained_{modality}_{task}.json")
         return
     from stages import evaluate as stage

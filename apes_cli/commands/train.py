@@ -22,7 +22,9 @@ HELP = (
     "Outputs <out>/<run>/last.pt after every epoch (for --resume), replaced by model.pt when the run ends, the "
     "metrics JSON (default metrics/train_<run>.json) and the "
     "per-epoch TSV beside it, where run is <modality>_<sampling>_<task> (plus _seed<N> when --seed is given). "
-    "voice and crossmodal need --task seen_heard.\n\n"
+    "voice and crossmodal need --task seen_heard. With train.crossmodal_init: single_runs a crossmodal run starts "
+    "from the face and voice runs of its sampling, task and seed, and trains them first when their model.pt is "
+    "missing.\n\n"
     "Several processes: torchrun --nproc_per_node 2 $(which apes-cli) train ... (DDP; rank 0 writes). docs/training.md"
 )
 
@@ -61,4 +63,6 @@ def command(
                            eval_batch_size=loaded.evaluate.batch_size, device=device, resume=resume,
                            progress=bar)
     if leader:
+        for name, first in result.pop("trained_first", {}).items():  # single runs a cross-modal run started from
+            report_metrics(first, metrics.with_name(f"train_{name}.json"))
         report_metrics(result, metrics)

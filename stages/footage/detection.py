@@ -73,18 +73,3 @@ def face_chip(rgb: np.ndarray, face: Face, size: int = 150, padding: float = 0.2
     import dlib
     return np.asarray(dlib.get_face_chip(np.ascontiguousarray(rgb), face.shape, size=size, padding=padding))
 
-
-def square_crop(rgb: np.ndarray, box: np.ndarray, size: int, margin: float = 0.2) -> np.ndarray:
-    """The box squared around its centre with a margin, edge-padded, resized to size x size."""
-    import cv2
-    height, width = rgb.shape[:2]
-    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    side = max(2, int(round(max(box[2] - box[0], box[3] - box[1]) * (1 + 2 * margin))))
-    left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
-    pad = max(0, -left, -top, left + side - width, top + side - height)
-    if pad:
-        rgb = np.pad(rgb, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
-        left, top = left + pad, top + pad
-    square = rgb[top:top + side, left:left + side]
-    interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
-    return np.ascontiguousarray(cv2.resize(square, (size, size), interpolation=interpolation))

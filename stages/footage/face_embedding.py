@@ -11,8 +11,22 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.footage.detection import Face, face_chip, model_file, square_crop, RESNET
+from stages.footage.detection import Face, face_chip, model_file, RESNET
 from stages.footage.settings import FACE_THRESHOLD, MODEL_FACE_THRESHOLD
+from stages.media.face_crop import FILL, crop_rgb
+
+
+def crop_geometry(meta: dict, path: str | Path) -> tuple[int, float]:
+    """The crop size and margin a checkpoint's face stream was trained on; other fills are refused."""
+    from stages.core.errors import DataError
+    missing = [key for key in ("crop_size", "crop_margin", "crop_fill") if key not in meta]
+    if missing:
+        raise DataError(path, "the checkpoint records no crop geometry (written by an older `apes-cli train`): "
+                              "train the run again", field=missing[0])
+    if meta["crop_fill"] != FILL:
+        raise DataError(path, f"crops filled {meta['crop_fill']!r} outside the frame; search fills {FILL!r}",
+                        field="crop_fill")
+    return int(meta["crop_size"]), float(meta["crop_margin"])
 
 
 class DlibFaceEmbedder:
@@ -57,19 +71,18 @@ class TrainedFaceEmbedder:
         import torch
 
         from stages.core.errors import DataError
-        from stages.learning.models import load_checkpoint
+        from stages.learning.models import EMBEDDING_DIM, load_checkpoint
         model = load_checkpoint(path)
         if model.face is None:
             raise DataError(path, f"a {model.modality} model has no face stream; expected a face or crossmodal run")
         self._model, self._torch = model, torch
-        self.size = int(model.meta.get("crop_size", 0) or model.meta.get("size", 0) or 64)
-        self.margin = float(model.meta.get("crop_margin", 0.1))  # params.yaml crop.margin
+        self.size, self.margin = crop_geometry(model.meta, path)
         self.name = f"apes-model-{Path(path).parent.name}"
-        self.dim = 512
+        self.dim = EMBEDDING_DIM
 
     def patch(self, rgb: np.ndarray, face: Face) -> np.ndarray:
-        """The face box squared with the training crop margin, at the training crop size."""
-        return square_crop(rgb, face.box, self.size, self.margin)
+        """The face box cut as the crop stage cut the training crops (size, margin, black fill)."""
+        return crop_rgb(rgb, face.box, self.size, self.margin)
 
     def embed(self, patches: list[np.ndarray]) -> np.ndarray:
         """(n, 512) L2-normalised float32 embeddings."""

@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from stages.footage.detection import detect_faces, square_crop
+from stages.footage.detection import detect_faces
 from stages.footage.frames import FrameSource
 from stages.footage.settings import IndexSettings
 from stages.footage.tracking import Detection, FinishedTrack, Track, Tracker, merge_by_appearance
+from stages.media.face_crop import crop_rgb
 
 THUMB = 96
 
@@ -78,7 +79,7 @@ class FacePass:
         height, width = rgb.shape[:2]
         scale = np.array([width, height, width, height], np.float32)
         detections = [Detection(moment, face.box / scale, face.score, self.embedder.patch(rgb, face),
-                                square_crop(rgb, face.box, THUMB, 0.3))
+                                crop_rgb(rgb, face.box, THUMB, 0.3))
                       for face in detect_faces(rgb, self.settings.upsample)]
         self.counters["detect_seconds"] += time.perf_counter() - started
         self.counters["samples"] += 1

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from stages.core.errors import DataError
-from stages.footage.detection import detect_faces, square_crop
+from stages.footage.detection import detect_faces
+from stages.media.face_crop import crop_rgb
 
 MAX_SIDE = 1600
 
@@ -65,6 +66,6 @@ def query_face(path: str | Path, embedder, face_index: int | None = None) -> Fac
             "choose another with --face-index")
     face = faces[chosen - 1]
     embedding = embedder.embed([embedder.patch(image, face)])[0]
-    thumb = square_crop(image, face.box, 128, 0.3)
+    thumb = crop_rgb(image, face.box, 128, 0.3)
     ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(thumb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 88])
     return FaceQuery(embedding, len(faces), chosen, [float(v) for v in face.box], jpeg.tobytes() if ok else b"", note)

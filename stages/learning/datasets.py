@@ -19,7 +19,8 @@ from stages.core.errors import DataError
 from stages.learning.pool import Tracks
 from stages.learning.tracklets import codes, load_tracklets, split_shards, track_keys
 from stages.media.crop_codec import decode_crops
-from stages.media.shards import binary_to_array, metadata
+from stages.media.face_crop import FILL
+from stages.media.shards import binary_to_array, metadata, shard_paths
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,19 @@ def load_store(crops_dir: str | Path, mels_dir: str | Path | None, split: str, t
     tracks = Tracks(codes(tracklets["video_id"].to_pylist()), codes(tracklets["identity"].to_pylist()),
                     crop_start, crop_count, mel_start, mel_count)
     return Store(tracklets, tracks, crops, mels)
+
+
+def crop_geometry(crops_dir: str | Path, split: str) -> dict[str, int | float | str]:
+    """How the crop stage cut a split's crops (size, margin, fill), as its shards record it: what a checkpoint
+    carries so that `apes-cli search --model` cuts its crops the same way."""
+    shards = shard_paths(crops_dir, split)
+    if not shards:
+        raise DataError(Path(crops_dir) / split, "no crop shards")
+    meta = metadata(pq.read_schema(shards[0]))
+    for key in ("crop_size", "crop_margin"):
+        if key not in meta:
+            raise DataError(shards[0], "missing in the schema metadata (not written by `apes-cli crop`?)", field=key)
+    return {"crop_size": int(meta["crop_size"]), "crop_margin": float(meta["crop_margin"]), "crop_fill": FILL}
 
 
 def crops_to_tensor(crops: np.ndarray) -> torch.Tensor:

@@ -19,7 +19,7 @@ from stages.core.config import EvaluateParams
 from stages.core.errors import DataError
 from stages.core.schemas import EMBEDDINGS
 from stages.learning.datasets import Store, crops_to_tensor, load_store, mels_to_tensor
-from stages.learning.models import Embedder
+from stages.learning.models import EMBEDDING_DIM, Embedder
 from stages.learning.pool import STREAMS
 from stages.learning.tracklets import load_tracklets
 
@@ -46,7 +46,7 @@ def _stream_means(model: Embedder, store: Store, stream: str, device: torch.devi
     count = store.tracks.count(stream)
     owner = np.repeat(np.arange(len(count)), count)
     encoder = model.face if stream == "crops" else model.voice
-    total = torch.zeros(len(count), 512)
+    total = torch.zeros(len(count), EMBEDDING_DIM)
     for lo in range(0, len(values), batch_size):
         chunk = values[lo:lo + batch_size]
         inputs = crops_to_tensor(chunk) if stream == "crops" else mels_to_tensor(chunk)

@@ -118,7 +118,7 @@ class Feed(torch.utils.data.Dataset):
         crops = batch.items.get("crops")
         flip, corner = draw_augmentation(rng, 0 if crops is None else len(crops))
         extras = {}
-        if batch.kind == "pk":
+        if batch.labelled:
             extras = {name: np.asarray(getattr(batch, name), np.int64) for name in ("labels", "tracks", "groups")
                       if getattr(batch, name) is not None}
         return Plan(key, batch.items, flip, corner, extras)

@@ -1,12 +1,18 @@
-"""Triplet losses and in-batch miners as small composable pieces (pytorch-metric-learning style).
+"""The triplet loss of a run, composed once from its miner, margin and normalisation (pytorch-metric-learning
+style): `TripletLoss(mining, margin, normalize, distinct_tracks)`.
 
-Distances are plain Euclidean on the embeddings given; L2-normalise before calling for the cosine-like
-setting. Miners return index triplets (anchor, positive, negative); the loss reduces over them.
+Distances are plain Euclidean on the (optionally L2-normalised) embeddings. Miners return index triplets
+(anchor, positive, negative) of a P x K batch; without a miner the batch rows are [anchors; positives; negatives].
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+import torch.nn.functional as F
+
+from stages.core.choices import Mining
 
 
 def pairwise_distances(embeddings: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -15,11 +21,13 @@ def pairwise_distances(embeddings: torch.Tensor, eps: float = 1e-12) -> torch.Te
     return squared.clamp_min(eps).sqrt() * (squared > eps)
 
 
-def triplet_margin_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor,
-                        margin: float) -> torch.Tensor:
-    """mean(relu(d(a, p) - d(a, n) + margin)) with Euclidean d, the paper's loss."""
-    d_ap = (anchor - positive).pow(2).sum(-1).clamp_min(1e-12).sqrt()
-    d_an = (anchor - negative).pow(2).sum(-1).clamp_min(1e-12).sqrt()
+def row_distances(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """Euclidean distance of each row of `first` to the same row of `second`."""
+    return (first - second).pow(2).sum(-1).clamp_min(1e-12).sqrt()
+
+
+def hinge(d_ap: torch.Tensor, d_an: torch.Tensor, margin: float) -> torch.Tensor:
+    """mean(relu(d(a, p) - d(a, n) + margin)): the paper's triplet loss over given distances."""
     return torch.relu(d_ap - d_an + margin).mean()
 
 
@@ -74,13 +82,52 @@ def semi_hard_miner(distances: torch.Tensor, positive: torch.Tensor,
     return anchors[keep], positives[keep], negatives[keep]
 
 
-def mined_triplet_loss(distances: torch.Tensor, triplets: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-                       margin: float) -> torch.Tensor:
-    """mean(relu(d(a, p) - d(a, n) + margin)) over mined index triplets (0 when none were mined)."""
-    a, p, n = triplets
-    if len(a) == 0:
-        return distances.sum() * 0.0
-    return torch.relu(distances[a, p] - distances[a, n] + margin).mean()
+Miner = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+MINERS: dict[Mining, Miner] = {Mining.batch_hard: batch_hard_miner, Mining.semi_hard: semi_hard_miner}
 
 
-MINERS = {"batch_hard": batch_hard_miner, "semi_hard": semi_hard_miner}  # train.mining -> miner
+class TripletLoss:
+    """A run's loss: the margin, the L2 normalisation and the miner (none: plain triplets) bound in once.
+
+    `distinct_tracks` (the sampling strategy's rule) keeps a mined positive off its anchor's own tracklet.
+    """
+
+    def __init__(self, mining: Mining | str = Mining.none, margin: float = 1.0, normalize: bool = False,
+                 distinct_tracks: bool = True) -> None:
+        self.mining, self.margin, self.normalize = Mining(mining), margin, normalize
+        self.distinct_tracks = distinct_tracks
+        self.miner = MINERS.get(self.mining)
+
+    @property
+    def mines(self) -> bool:
+        """Whether batches must be P x K with labels (a miner picks the triplets in the batch)."""
+        return self.miner is not None
+
+    def settings(self) -> dict[str, object]:
+        """What the loss was built from, for the run's metrics and resume signature."""
+        return {"mining": str(self.mining), "margin": self.margin, "normalize": self.normalize}
+
+    def of_embedding(self, embedding: torch.Tensor,
+                     masks: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """The loss of one output: plain triplet rows, or (masks given) the mined triplets (0 when none)."""
+        embedding = embedding.float()
+        if self.normalize:
+            embedding = F.normalize(embedding, dim=1)
+        if masks is None:
+            anchors, positives, negatives = split_triplets(embedding)
+            return hinge(row_distances(anchors, positives), row_distances(anchors, negatives), self.margin)
+        distances = pairwise_distances(embedding)
+        a, p, n = self.miner(distances, *masks)
+        if len(a) == 0:
+            return distances.sum() * 0.0
+        return hinge(distances[a, p], distances[a, n], self.margin)
+
+    def __call__(self, outputs: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Sum of the losses of every output (face, voice and, cross-modal, joint) of one batch."""
+        masks = None
+        if self.mines:
+            masks = pair_masks(inputs["labels"], inputs["tracks"], inputs.get("groups"), self.distinct_tracks)
+        total = torch.zeros((), device=next(iter(outputs.values())).device)
+        for embedding in outputs.values():
+            total = total + self.of_embedding(embedding, masks)
+        return total

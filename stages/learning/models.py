@@ -6,15 +6,16 @@ Stable API (used by the evaluate stage): `build_model(modality, normalize=False,
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import resnet18
 
 from stages.core.errors import ConfigError, DataError
+from stages.learning.resnet import ResNet18
 
 EMBEDDING_DIM = 512
 CHECKPOINT_FORMAT = "apes-model-1"
@@ -25,7 +26,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def _trunk(in_channels: int) -> nn.Module:
     """ResNet-18 without its classifier: 512-d average-pooled features."""
-    net = resnet18(weights=None)
+    net = ResNet18()
     if in_channels != 3:
         net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
     net.fc = nn.Identity()
@@ -146,10 +147,11 @@ def start_stream_from(model: Embedder, stream: str, checkpoint: str | Path) -> N
     getattr(model, stream).load_state_dict(source.state_dict())
 
 
-def checkpoint_payload(model: Embedder) -> dict[str, Any]:
-    """What model.pt holds: format, modality, normalisation, weights and run facts."""
-    return {"format": CHECKPOINT_FORMAT, "modality": model.modality, "normalize": model.normalize,
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "meta": dict(model.meta)}
+def checkpoint_payload(model: Embedder, meta: dict[str, Any]) -> dict[str, Any]:
+    """What model.pt holds: format, modality, normalisation, weights and the run's facts (`meta`: plain values)."""
+    return {"format": CHECKPOINT_FORMAT, "modality": str(model.modality), "normalize": model.normalize,
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "meta": {k: str(v) if isinstance(v, StrEnum) else v for k, v in meta.items()}}
 
 
 def load_checkpoint(path: str | Path) -> Embedder:

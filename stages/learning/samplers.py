@@ -19,28 +19,33 @@ from stages.learning.strategies import Strategy
 class Batch:
     """Item rows per stream plus what the loss needs.
 
-    kind 'triplets': rows are [anchors; positives; negatives]. kind 'pk': labels/tracks/groups per row.
+    Plain triplets (no labels): rows are [anchors; positives; negatives]. P x K (labels): labels, tracks and
+    groups per row, for a miner.
     """
 
-    kind: str
     items: dict[str, np.ndarray]
     labels: np.ndarray | None = None
     tracks: np.ndarray | None = None
     groups: np.ndarray | None = None
+
+    @property
+    def labelled(self) -> bool:
+        """A P x K batch, whose triplets the loss mines."""
+        return self.labels is not None
 
     def shard(self, rank: int, world: int) -> Batch:
         """This rank's share (triplets stay whole; PK rows are split in identity-aligned blocks)."""
         if world == 1:
             return self
         n = len(next(iter(self.items.values())))
-        if self.kind == "triplets":
+        if not self.labelled:
             b = n // 3
             lo, hi = b * rank // world, b * (rank + 1) // world
             rows = np.concatenate([np.arange(lo, hi) + k * b for k in range(3)])
         else:
             rows = np.flatnonzero(self.labels % world == rank)  # whole labels, so each rank keeps its positives
         pick = (lambda a: None if a is None else a[rows])
-        return Batch(self.kind, {k: v[rows] for k, v in self.items.items()}, pick(self.labels),
+        return Batch({k: v[rows] for k, v in self.items.items()}, pick(self.labels),
                      pick(self.tracks), pick(self.groups))
 
 
@@ -79,7 +84,7 @@ class TripletSampler(_Base):
             a = self.pool.items(rng, anchors, stream)
             p = self.strategy.positive_items(rng, self.pool, positives, stream, a)
             items[stream] = np.concatenate([a, p, self.pool.items(rng, negatives, stream)])
-        return Batch("triplets", items, tracks=np.concatenate([anchors, positives, negatives]))
+        return Batch(items, tracks=np.concatenate([anchors, positives, negatives]))
 
 
 class PKSampler(_Base):
@@ -101,4 +106,4 @@ class PKSampler(_Base):
         items = {stream: self.strategy.label_items(rng, self.pool, tracklets, stream, self.k)
                  for stream in self.streams}
         labels = np.repeat(np.arange(len(rows)), self.k)
-        return Batch("pk", items, labels, tracklets, self.strategy.negative_groups(self.pool, tracklets))
+        return Batch(items, labels, tracklets, self.strategy.negative_groups(self.pool, tracklets))

@@ -15,7 +15,6 @@ import cv2
 import numpy as np
 import pyarrow as pa
 import torch
-from torchvision.io import ImageReadMode, decode_jpeg
 
 from stages.core.errors import DataError
 from stages.media.shards import binary_to_array
@@ -68,6 +67,7 @@ def _jpeg_items(column: pa.ChunkedArray | pa.Array, path: str | Path) -> list[to
 def decode_jpegs(column: pa.ChunkedArray | pa.Array, size: int, path: str | Path,
                  device: torch.device | str | None = None) -> torch.Tensor:
     """A binary column of JPEG crops -> (N, 3, size, size) uint8 on `device` (default: CUDA when there)."""
+    from torchvision.io import ImageReadMode, decode_jpeg  # only JPEG shards need it: its import costs ~1.5 s
     device = torch.device(device) if device is not None else default_device()
     items = _jpeg_items(column, path)
     out = torch.empty((len(items), 3, size, size), dtype=torch.uint8, device=device)
