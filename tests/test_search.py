@@ -349,7 +349,7 @@ def test_pretrained_embedders_become_report_rows(tmp_path: Path) -> None:
     assert face["mAP"] == pytest.approx(100.0)  # six different real faces, each track its own crops
     assert voice["mAP"] > 60.0, voice  # random ranking would give about 46 here
     embedded = pq.read_table(out / "pretrained_voice_seen_heard.parquet")
-    assert len(embedded["embedding"][0].as_py()) == 256
+    assert len(embedded["embedding"][0].as_py()) == 192  # CAM++, the default speaker embedder
     # one process or two: the same descriptors
     seen = json.loads((eval_dir / "eval_pretrained_face_seen.json").read_text())
     assert pq.read_table(out / "pretrained_face_seen.parquet")["embedding"].to_pylist() == \

@@ -20,7 +20,7 @@ HELP = (
     "Rank the val tracklets of each video by embedding distance and write P@K, R@K and mAP (paper 4.2).\n\n"
     "A trained run:   apes-cli evaluate --modality face --sampling within --task seen_heard\n\n"
     "Random weights:  apes-cli evaluate --modality face --task seen_heard --untrained\n\n"
-    "Pretrained:      apes-cli evaluate --modality voice --task seen_heard --pretrained  (dlib face, Resemblyzer "
+    "Pretrained:      apes-cli evaluate --modality voice --task seen_heard --pretrained  (dlib face, CAM++ "
     "voice)\n\n"
     "Random ranking:  apes-cli evaluate --random --task seen_heard\n\n"
     "Any method:      apes-cli evaluate --embeddings mine.parquet --metrics mine.json  (docs/evaluation.md)\n\n"
@@ -46,7 +46,7 @@ def command(
         "--untrained", help="Evaluate the network with seeded random weights (the report's Untrained row).")] = False,
     pretrained: Annotated[bool, typer.Option(
         "--pretrained", help="Evaluate the off-the-shelf embedder of the modality: dlib's face descriptor or "
-                             "Resemblyzer's speaker encoder (the report's Pretrained rows).")] = False,
+                             "the CAM++ speaker embedder (the report's Pretrained rows).")] = False,
     random: Annotated[bool, typer.Option(
         "--random", help="The exact expected metrics of a random ranking (the report's Random row).")] = False,
     embeddings: Annotated[Path | None, typer.Option(

@@ -12,7 +12,7 @@ from apes_cli.common import Bar, friendly_errors, print_metrics
 NAME = "index"
 HELP = ("Index videos for `apes-cli search`: decode every N-th frame (N = fps / --face-rate), detect and "
         "track faces (cut at shot changes), embed each track a few times (dlib ResNet, or --model), find speech "
-        "(Silero VAD), split it where the voice changes, embed each segment (Resemblyzer) and link it to the "
+        "(Silero VAD), split it where the voice changes, embed each segment (CAM++, or --voice-embedder resemblyzer) and link it to the "
         "face on screen. Writes one folder of Parquet tables per video content and settings under --index-dir "
         "(reused by later searches). See docs/search.md.")
 
@@ -35,12 +35,17 @@ WorkersOption = Annotated[int, typer.Option(
 ChipsOption = Annotated[int, typer.Option(
     "--chips-per-track", help="Face descriptors computed per track (spread over it, best detections).")]
 
+VoiceEmbedderOption = Annotated[str, typer.Option(
+    "--voice-embedder", help="Speaker embedder of the speech segments and the voice query: campplus (CAM++, "
+                             "the default: fewer errors on real voices) or resemblyzer (docs/search.md).")]
 
-def settings_from(face_rate: float, detect_height: int, upsample: int, chips: int, model: Optional[Path]):
+
+def settings_from(face_rate: float, detect_height: int, upsample: int, chips: int, model: Optional[Path],
+                  voice_embedder: str = "campplus"):
     """IndexSettings from the shared options."""
     from stages.footage.settings import IndexSettings
     return IndexSettings(face_rate=face_rate, detect_height=detect_height, upsample=upsample,
-                         chips_per_track=chips, model=str(model) if model else "")
+                         chips_per_track=chips, model=str(model) if model else "", voice_embedder=voice_embedder)
 
 
 @friendly_errors
@@ -52,12 +57,13 @@ def command(
     upsample: UpsampleOption = 0,
     chips_per_track: ChipsOption = 3,
     model: ModelOption = None,
+    voice_embedder: VoiceEmbedderOption = "campplus",
     workers: WorkersOption = 1,
 ) -> None:
     """Index videos."""
     from stages.footage.indexing import index_videos
     from stages.media.video_jobs import resolve_workers
-    settings = settings_from(face_rate, detect_height, upsample, chips_per_track, model)
+    settings = settings_from(face_rate, detect_height, upsample, chips_per_track, model, voice_embedder)
     with Bar() as bar:
         entries, summary = index_videos(videos, settings, index_dir, bar, resolve_workers(workers))
     for entry in entries:

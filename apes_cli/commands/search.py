@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from apes_cli.commands.index import (ChipsOption, DetectHeightOption, FaceRateOption, IndexDirOption, ModelOption,
-                                     UpsampleOption, VideosArgument, WorkersOption, settings_from)
+                                     UpsampleOption, VideosArgument, VoiceEmbedderOption, WorkersOption,
+                                     settings_from)
 from apes_cli.common import Bar, friendly_errors
 
 NAME = "search"
@@ -52,24 +53,27 @@ def command(
         "search-results"),
     top: Annotated[int, typer.Option("--top", help="Hits kept in the results (best scores first).")] = 100,
     threshold: Annotated[Optional[float], typer.Option(
-        "--threshold", help="Score at or above which a hit is a match, for every queried modality "
-                            "(default: face 0.45 = dlib distance 0.55, voice 0.80 cosine).")] = None,
+        "--threshold", help="Raw score at or above which a hit is a match, for every queried modality "
+                            "(default: face 0.45 = dlib distance 0.55; voice: a rule on the CAM++ cosine, "
+                            "0.40 for segments of 1.5 s or more, up to 0.50 for short ones).")] = None,
     face_threshold: Annotated[Optional[float], typer.Option(
         "--face-threshold", help="Match threshold of face scores only (overrides --threshold).")] = None,
     voice_threshold: Annotated[Optional[float], typer.Option(
-        "--voice-threshold", help="Match threshold of voice scores only (overrides --threshold).")] = None,
+        "--voice-threshold", help="A fixed cosine threshold for voices instead of the length-aware rule "
+                                  "(overrides --threshold; each hit's cosine is its `raw` in results.json).")] = None,
     index_dir: IndexDirOption = Path(".apes-index"),
     face_rate: FaceRateOption = 2.0,
     detect_height: DetectHeightOption = 720,
     upsample: UpsampleOption = 0,
     chips_per_track: ChipsOption = 3,
     model: ModelOption = None,
+    voice_embedder: VoiceEmbedderOption = "campplus",
     workers: WorkersOption = 1,
 ) -> None:
     """Search videos for a person."""
     from stages.footage.search import search
     from stages.media.video_jobs import resolve_workers
-    settings = settings_from(face_rate, detect_height, upsample, chips_per_track, model)
+    settings = settings_from(face_rate, detect_height, upsample, chips_per_track, model, voice_embedder)
     notes: list[str] = []
     with Bar() as bar:
         results = search(videos, out, settings, index_dir, face=face, voice=voice, face_index=face_index, top=top,

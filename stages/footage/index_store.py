@@ -75,7 +75,7 @@ class VideoIndex:
         return flat.reshape(-1, dim)
 
     def voice_matrix(self) -> np.ndarray:
-        """Speech segment embeddings (n x 256)."""
+        """Speech segment embeddings (n x dim: 192 with CAM++, 256 with Resemblyzer)."""
         return _matrix(self.speech.column("embedding"), self.path / "speech.parquet")
 
 

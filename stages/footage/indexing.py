@@ -27,6 +27,8 @@ from stages.footage.settings import IndexSettings, file_digest, model_versions
 from stages.media.video_io import VideoInfo, probe
 
 if TYPE_CHECKING:  # the modules below load the models' packages, which a reused index does not need
+    import numpy as np
+
     from stages.footage.face_pass import Faces
     from stages.footage.frames import Timeline
     from stages.footage.speakers import SpeechPart
@@ -107,9 +109,9 @@ def damage_report(info: VideoInfo, timeline: Timeline, soundtrack: Soundtrack, d
 class _AudioThread(threading.Thread):
     """The soundtrack pass beside the face pass (its models spend most of their time outside the GIL)."""
 
-    def __init__(self, info: VideoInfo, cuts_known: CutsKnown) -> None:
+    def __init__(self, info: VideoInfo, cuts_known: CutsKnown, embed: Callable[[np.ndarray], np.ndarray]) -> None:
         super().__init__(name="apes-audio", daemon=True)
-        self.info, self.cuts_known = info, cuts_known
+        self.info, self.cuts_known, self.embed = info, cuts_known, embed
         self.result: Soundtrack | None = None
         self.error: BaseException | None = None
         self.seconds = self.cpu = 0.0
@@ -119,7 +121,7 @@ class _AudioThread(threading.Thread):
         from stages.footage.speech import analyze_audio
         begun, begun_cpu = time.perf_counter(), time.thread_time()
         try:
-            self.result = analyze_audio(self.info, self.cuts_known)
+            self.result = analyze_audio(self.info, self.cuts_known, embed=self.embed)
         except BaseException as error:  # noqa: BLE001 - handed to the main thread
             self.error = error
         self.seconds, self.cpu = time.perf_counter() - begun, time.thread_time() - begun_cpu
@@ -152,11 +154,13 @@ def _analyse(info: VideoInfo, settings: IndexSettings, tick: Callable[[float], N
     from stages.footage.face_embedding import face_embedder
     from stages.footage.face_pass import FacePass
     from stages.footage.frames import FrameSource, sample_period
+    from stages.footage.voice_embedders import voice_embedder
 
     started = time.perf_counter()
     embedder = face_embedder(settings.model)
     source = FrameSource(info, sample_period(info.fps, settings.face_rate), settings.detect_height)
-    audio = _AudioThread(info, source.cuts_known)
+    voice = voice_embedder(settings.voice_embedder)
+    audio = _AudioThread(info, source.cuts_known, voice.embed_segment)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     main_cpu = time.thread_time()
     threads = torch.get_num_threads()
@@ -173,7 +177,7 @@ def _analyse(info: VideoInfo, settings: IndexSettings, tick: Callable[[float], N
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     soundtrack = audio.outcome()
     ffmpeg_cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
-    speech, asd_counters = _speakers(info, soundtrack.segments, faces.tracks)
+    speech, asd_counters = _speakers(info, soundtrack.segments, faces.tracks, voice.embed_segment)
     timings = {"faces_seconds": faces_seconds, "audio_seconds": audio.seconds, "faces_thread_cpu": main_cpu,
                "audio_thread_cpu": audio.cpu, "ffmpeg_cpu": ffmpeg_cpu, **faces.counters, **asd_counters}
     return _Analysis(faces, soundtrack, speech, source.timeline, embedder.name, int(embedder.dim), timings)
@@ -222,7 +226,8 @@ def _meta(video: Path, digest: str, info: VideoInfo, settings: IndexSettings, an
         "container_duration": info.duration, "video_start": round(analysis.timeline.times[0], 3),
         "has_audio": info.has_audio, "complete": damage is None, "damage": damage,
         "cuts": [round(c, 3) for c in faces.cuts], "settings": dataclasses.asdict(settings),
-        "settings_key": settings.key(), "models": {**model_versions(), "face_embedder": analysis.embedder_name},
+        "settings_key": settings.key(), "models": {**model_versions(), "face_embedder": analysis.embedder_name,
+                                                                   "voice_embedder": settings.voice_embedder},
         "face_dim": analysis.face_dim, "tracks": len(faces.tracks), "speech_segments": len(analysis.speech),
         "speech_seconds": round(soundtrack.speech_seconds, 2),
         "timings": {k: round(v, 2) if isinstance(v, float) else v for k, v in timings.items()},
@@ -246,17 +251,18 @@ def build_entry(video: str | Path, settings: IndexSettings, index_dir: str | Pat
     return Entry(video, digest, final, True, read_entry(final).meta)
 
 
-def _speakers(info: VideoInfo, segments: list, tracks: list) -> tuple[list[SpeechPart], dict]:
-    """The faces on screen during each speech segment and the one speaking it (stages/footage/speakers.py)."""
+def _speakers(info: VideoInfo, segments: list, tracks: list,
+              embed: Callable[[np.ndarray], np.ndarray]) -> tuple[list[SpeechPart], dict]:
+    """The faces on screen during each speech segment and the one speaking it (stages/footage/speakers.py);
+    `embed` re-embeds the parts of a segment split between two speakers (the index's voice embedder)."""
     import numpy as np
 
     from stages.footage.association import associate
     from stages.footage.speakers import FaceTrackPath, assign_speakers
-    from stages.footage.speech import embed_audio
     visible = associate([(s.start, s.end) for s in segments], [(t.track_id, t.start, t.end) for t in tracks])
     paths = [FaceTrackPath(t.track_id, t.start, t.end, np.asarray(t.times, np.float64),
                            np.asarray(t.boxes, np.float64).reshape(-1, 4)) for t in tracks]
-    return assign_speakers(info, segments, visible, paths, embed_audio)
+    return assign_speakers(info, segments, visible, paths, embed)
 
 
 def _worker(video: str, settings: IndexSettings, index_dir: str) -> tuple[str, Any]:

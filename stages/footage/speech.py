@@ -1,4 +1,4 @@
-"""Voice: voice activity (Silero VAD), speaker-change splitting and speaker embeddings (Resemblyzer).
+"""Voice: voice activity (Silero VAD), speaker-change splitting and speaker embeddings.
 
 Both models ship inside their PyPI packages (silero-vad: MIT; Resemblyzer: Apache-2.0). Audio is read as
 16 kHz mono in blocks of BLOCK_SECONDS through ffmpeg, so memory does not grow with the video's length
@@ -9,7 +9,8 @@ packets is padded with silence by ffmpeg (`_decode_command`).
 A speech region is split where the voice changes: the 1.6 s window ending at a point and the one starting
 there are compared (cosine of their embeddings, every 0.2 s) and a local minimum under CHANGE_SIMILARITY
 is a boundary; a boundary within SNAP_SECONDS of a shot cut moves onto the cut. Each resulting segment
-gets its own embedding: the mean of 1.6 s windows over it (hop 0.8 s), renormalised.
+gets its own embedding from the chosen embedder (stages/footage/voice_embedders.py; Resemblyzer's is the
+mean of 1.6 s windows over it, hop 0.8 s, renormalised).
 """
 
 from __future__ import annotations
@@ -263,16 +264,18 @@ class _SoundtrackReader:
             end_process(process, (log,))
 
 
-def analyze_audio(info: VideoInfo, cuts_known: CutsKnown,
-                  progress: Progress | None = None) -> Soundtrack:
+def analyze_audio(info: VideoInfo, cuts_known: CutsKnown, progress: Progress | None = None,
+                  embed: Callable[[np.ndarray], np.ndarray] | None = None) -> Soundtrack:
     """Speech segments of a video's soundtrack with their embeddings, the seconds of speech and decoding facts.
 
+    `embed` turns a segment's audio into its embedding (default: Resemblyzer's `embed_audio`).
     `cuts_known()` returns (shot cut times so far, seconds of video they cover, whether the video pass has
     ended): this runs beside the face pass and waits for it only where it needs the cuts of a block.
     """
     progress = progress or Silent()
     if not info.has_audio:
         return Soundtrack([], 0.0, 0.0)
+    embed = embed or embed_audio
     segments: list[Segment] = []
     speech = 0.0
     buffer = np.zeros(0, np.float32)
@@ -295,7 +298,7 @@ def analyze_audio(info: VideoInfo, cuts_known: CutsKnown,
             for start, end in split_region(buffer[lo:hi], origin + lo / SAMPLE_RATE, cuts):
                 a = int(round((start - origin) * SAMPLE_RATE))
                 b = int(round((end - origin) * SAMPLE_RATE))
-                segments.append(Segment(round(start, 3), round(end, 3), embed_audio(buffer[a:b])))
+                segments.append(Segment(round(start, 3), round(end, 3), embed(buffer[a:b])))
         progress.advance(int(round(block.size / SAMPLE_RATE)))
         if following is None:
             break
@@ -331,11 +334,10 @@ def read_clip(path: str | Path) -> np.ndarray:
     return _pcm(result.stdout)
 
 
-def embed_clip(path: str | Path) -> tuple[np.ndarray, float]:
-    """The query voice: the embedding of the clip's speech and how many seconds of speech it has.
+def embed_clip(path: str | Path, embed: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, float]:
+    """The query voice: `embed` of the clip's speech, and how many seconds of speech it has.
 
-    Resemblyzer's own preprocessing (volume to -30 dBFS, silences trimmed by WebRTC VAD), then the mean of
-    its 1.6 s windows every 0.8 s; all in numpy, so a query needs no torch (stages/footage/voice_numpy.py).
+    Resemblyzer's own preprocessing first (volume to -30 dBFS, silences trimmed by WebRTC VAD, in numpy).
     """
     from stages.footage.voice_numpy import speech_mask
     audio = read_clip(path)
@@ -346,5 +348,4 @@ def embed_clip(path: str | Path) -> tuple[np.ndarray, float]:
         raise DataError(path, f"{found} (voice activity detection) "
                               f"in {audio.size / SAMPLE_RATE:.1f} s of audio; at least {MIN_QUERY_SPEECH} s "
                               "is needed, 3 s or more works best")
-    _, embeddings = _windows(_mel(speech), EMBED_HOP, numpy=True)
-    return _unit_mean(embeddings), speech.size / SAMPLE_RATE
+    return embed(speech), speech.size / SAMPLE_RATE

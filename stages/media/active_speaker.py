@@ -207,7 +207,10 @@ def _windowed(audio: np.ndarray, video: np.ndarray, half: int, step: int, breaks
     values = np.zeros(len(centres))
     for k, t in enumerate(centres):
         at = int(np.searchsorted(edges, t, side="right")) - 1
-        lo, hi = max(int(edges[at]), t - half), min(int(edges[at + 1]), t + half + 1)
+        # at a span's or segment's edge the window slides inward rather than shrinking: half a window of
+        # smooth signals is fitted about as well by the shifted sound (chance), and the score went negative
+        lo = max(int(edges[at]), min(t - half, int(edges[at + 1]) - 2 * half - 1))
+        hi = min(int(edges[at + 1]), max(t + half + 1, int(edges[at]) + 2 * half + 1))
         values[k] = _explained(audio[lo:hi], video[lo:hi]) if hi - lo > FEATURES + 2 else 0.0
     return np.interp(np.arange(count), centres, values) if count else values
 

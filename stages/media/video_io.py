@@ -275,7 +275,7 @@ def yuv420_bytes(width: int, height: int) -> int:
     return width * height + 2 * ((width + 1) // 2) * ((height + 1) // 2)
 
 
-def _seek_time(index: int, fps: float, times: np.ndarray | None) -> float:
+def seek_time(index: int, fps: float, times: np.ndarray | None) -> float:
     """Half a frame before frame `index`: an accurate seek there makes it the first frame out."""
     if times is None:
         return max(0.0, (index - 0.5) / fps)
@@ -298,7 +298,7 @@ def iter_frames(info: VideoInfo, indices: Sequence[int], times: np.ndarray | Non
     for first, last in _segments(indices, gap):
         # Accurate input seek: ffmpeg decodes from the previous keyframe and drops frames before
         # `ss`; seeking half a frame early makes frame `first` the first one out.
-        seek = _seek_time(int(first), info.fps, times)
+        seek = seek_time(int(first), info.fps, times)
         stream = (
             ffmpeg.input(str(info.path), ss=f"{seek:.6f}")["v:0"]
             .output("pipe:", format="rawvideo", pix_fmt="yuv420p", vframes=last - first + 1,
