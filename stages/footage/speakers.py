@@ -279,7 +279,8 @@ def _groups(segments: list, visible: list[list[int]], paths: dict[int, FaceTrack
 def _assign(info: VideoInfo, segments: list, visible: list[list[int]], paths: list[FaceTrackPath],
             embed) -> tuple[list[SpeechPart], dict[str, float]]:
     by_id = {p.track_id: p for p in paths}
-    counters = {"asd_seconds": 0.0, "asd_cpu": 0.0, "asd_spans": 0, "asd_frames": 0, "asd_splits": 0}
+    counters = {"asd_seconds": 0.0, "asd_cpu": 0.0, "asd_spans": 0, "asd_frames": 0, "asd_splits": 0,
+                "asd_unclear_splits": 0}
     cpu_before = time.thread_time() + _children_cpu()
     decided: dict[int, list[SpeechPart]] = {}
     groups = _groups(segments, visible, by_id) if info.has_audio else []
@@ -296,7 +297,10 @@ def _assign(info: VideoInfo, segments: list, visible: list[list[int]], paths: li
             inside = np.flatnonzero((times >= segment.start) & (times < segment.end))
             if not audio.size or inside.size == 0:
                 continue
-            runs = clear_split(decide(scores[:, inside], ids, info.fps, still))
+            runs = decide(scores[:, inside], ids, info.fps, still)
+            clear = clear_split(runs)
+            counters["asd_unclear_splits"] += clear != runs
+            runs = clear
             speakers = {speaker for _, _, speaker, _ in runs if speaker >= 0}
             if len(speakers) <= 1:  # one speaker at most: the segment stays whole, hers if she holds most of it
                 a, b, speaker, score = max(runs, key=lambda run: (run[2] >= 0, run[1] - run[0]))
