@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from apes_cli.commands import crop, decode, download, evaluate, mel, report, synth, train, triplets
+from apes_cli.commands import asd, crop, decode, download, evaluate, mel, report, synth, train, triplets
 from apes_cli.commands import index as index_command
 from apes_cli.commands import people as people_command
 from apes_cli.commands import search as search_command
@@ -18,6 +18,7 @@ app = typer.Typer(
         "Audiovisual person search (APES), from untrimmed video to the benchmark tables.\n\n"
         "The pipeline, in order (each step is a DVC stage in dvc.yaml; `dvc repro` runs them all):\n\n"
         "synth or download -> decode -> crop -> mel -> triplets -> train -> evaluate -> report\n\n"
+        "beside them: asd (active speaker detection on the val boxes, into the report)\n\n"
         "Every subcommand reads params.yaml and writes metrics/<stage>.json."
     ),
     no_args_is_help=True,
@@ -41,7 +42,7 @@ def main(
     """Audiovisual person search toolkit."""
 
 
-for module in (synth, download, decode, crop, mel, triplets, train, evaluate, report):
+for module in (synth, download, decode, crop, mel, triplets, train, evaluate, asd, report):
     app.command(module.NAME, help=module.HELP)(module.command)
 
 # Person search in any footage (docs/search.md): not pipeline stages.

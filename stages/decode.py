@@ -32,8 +32,7 @@ from stages.media.shards import (
     shard_stats,
     with_metadata,
 )
-from stages.media.video_io import (VideoInfo, frame_indices, frame_indices_at, frame_times, probe, read_audio,
-                                   write_wav)
+from stages.media.video_io import VideoInfo, nearest_frames, probe, read_audio, write_wav
 from stages.media.video_jobs import (
     file_digest,
     fingerprint,
@@ -82,13 +81,7 @@ def _decode_video(job: _Job, layout: RawLayout, out_dir: Path, params: DecodePar
     info = probe(video)
     stamps = job.boxes["frame_timestamp"].to_numpy()
     _check_in_video(job, info, stamps)
-    times = frame_times(info)  # None for a constant-rate stream from 0, the usual case
-    if times is None:
-        indices = frame_indices(stamps, info.fps)
-        if info.frame_count:
-            indices = np.minimum(indices, info.frame_count - 1)
-    else:
-        indices = frame_indices_at(stamps, times)
+    indices, _ = nearest_frames(info, stamps)
     start = max(0.0, float(stamps.min()) - params.audio_margin_seconds)
     end = float(stamps.max()) + params.audio_margin_seconds
     if info.duration is not None:

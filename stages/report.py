@@ -331,6 +331,56 @@ def _claims_markdown(claims: list[dict], seeds: tuple[int, ...]) -> list[str]:
     return lines + [""]
 
 
+# Active speaker detection: the asd stage's methods in table order, and published AP on real AVA-ActiveSpeaker val.
+ASD_METHODS = {"chance": "Chance (share of SPEAKING_AUDIBLE boxes)",
+               "only_face": "Only face on screen, while the VAD hears speech",
+               "largest_face": "Largest face on screen, while the VAD hears speech",
+               "synchrony": "Synchrony detector (mouth motion x speech envelope, no trained weights)"}
+ASD_PUBLISHED = {"TalkNet (Tao et al. 2021)": 92.3, "Light-ASD (Liao et al. 2023)": 94.1}
+
+
+def read_asd(path: str | Path | None) -> dict | None:
+    """The asd stage's metrics (None when there is no file yet); each method must carry a finite AP."""
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        metrics = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise DataError(path, f"not a readable JSON metrics file: {error}") from None
+    methods = metrics.get("methods") if isinstance(metrics, dict) else None
+    if not isinstance(methods, dict) or not methods:
+        raise DataError(path, "expected the asd stage's metrics with a 'methods' mapping", field="methods")
+    for name, result in methods.items():
+        value = result.get("AP") if isinstance(result, dict) else None
+        if not isinstance(value, (int, float)) or not np.isfinite(value):
+            raise DataError(path, f"expected a finite number, found {value!r}", field=f"methods.{name}.AP")
+    return metrics
+
+
+def asd_markdown(asd: dict | None) -> list[str]:
+    """The report's Active speaker detection section: AP of each method, published real-data numbers for scale."""
+    lines = ["## Active speaker detection", ""]
+    if asd is None:
+        return lines + [f"{MISSING} not evaluated yet (`apes-cli asd`).", ""]
+    lines += [f"Average precision (%) of SPEAKING_AUDIBLE over the {asd['boxes']:,} labelled face boxes of the "
+              f"{asd['videos']} {asd.get('split', 'val')} videos ({asd['positive_share']:.1f} % positive; the "
+              f"{asd['speaking_not_audible']:,} SPEAKING_NOT_AUDIBLE boxes, a mouth moving without a voice, are "
+              "negatives), computed as ActivityNet's get_ava_active_speaker_performance.py does (docs/evaluation.md).",
+              "", "| method | AP |", "|---|---:|"]
+    methods = asd["methods"]
+    for name in [*(m for m in ASD_METHODS if m in methods), *(m for m in methods if m not in ASD_METHODS)]:
+        lines.append(f"| {ASD_METHODS.get(name, name)} | {methods[name]['AP']:.1f} |")
+    lines += [f"| {name}: published, real AVA-ActiveSpeaker val, trained weights | ({value:.1f}) |"
+              for name, value in ASD_PUBLISHED.items()]
+    lines.append("")
+    vad = asd.get("vad_speech_share")
+    if vad:
+        lines += [f"The rule rows need speech: Silero VAD hears it at {vad['speaking_audible']:.1f} % of the "
+                  f"SPEAKING_AUDIBLE boxes and {vad['other_boxes']:.1f} % of the others. The published rows are "
+                  "trained models on real films, for scale only: not this data.", ""]
+    return lines
+
+
 def _format(cell: dict) -> str:
     ours = MISSING
     if cell["values"]:
@@ -341,7 +391,7 @@ def _format(cell: dict) -> str:
 
 
 def render_markdown(tables: Tables, seeds: tuple[int, ...], notes: list[str], figure: str | None,
-                    claims: list[dict], trained_on: list[str]) -> str:
+                    claims: list[dict], trained_on: list[str], asd: dict | None = None) -> str:
     """The benchmark tables as Markdown, in the paper's layout, then the claims."""
     lines = [
         "# APES benchmark (val split)", "",
@@ -368,6 +418,7 @@ def render_markdown(tables: Tables, seeds: tuple[int, ...], notes: list[str], fi
             lines.append(f"| {entry.row.label} | {cells} | {runs} |")
         lines.append("")
     lines += _claims_markdown(claims, seeds)
+    lines += asd_markdown(asd)
     if figure:
         lines += ["## Retrieval examples", "",
                   f"![Top-5 retrievals of easy and hard queries; red = wrong identity]({figure})", ""]
@@ -385,14 +436,17 @@ def best_run(tables: Tables, records: list[Record]) -> Record | None:
 
 
 def run(settings: ReportParams, eval_dir: str | Path, crops_dir: str | Path, out_dir: str | Path,
-        train_dir: str | Path | None = None, progress: Progress | None = None) -> dict:
-    """Write benchmark.md, benchmark.json and the retrieval figure into `out_dir`; returns the stage metrics."""
+        train_dir: str | Path | None = None, asd_metrics: str | Path | None = None,
+        progress: Progress | None = None) -> dict:
+    """Write benchmark.md, benchmark.json and the retrieval figure into `out_dir`; returns the stage metrics.
+    `asd_metrics` is the asd stage's metrics JSON (the Active speaker detection section; absent: not evaluated)."""
     started = time.perf_counter()
     progress = progress or Silent()
     seeds, out_dir = settings.seeds, Path(out_dir)
     figure_png = out_dir / FIGURE_NAME
     progress.start(2, "report")
     records, ignored = read_records(eval_dir)
+    asd = read_asd(asd_metrics)
     tables, notes = build_tables(records, seeds)
     progress.advance()
     best = best_run(tables, records)
@@ -412,12 +466,13 @@ def run(settings: ReportParams, eval_dir: str | Path, crops_dir: str | Path, out
     if figure_skip:
         notes.append(f"no retrieval figure: {figure_skip}")
     claims, trained_on = check_claims(tables), machines(train_dir)
-    markdown = render_markdown(tables, seeds, notes, figure, claims, trained_on)
+    markdown = render_markdown(tables, seeds, notes, figure, claims, trained_on, asd)
     with atomic_path(out_dir / "benchmark.md") as tmp:
         tmp.write_text(markdown)
     as_json = {task: [entry.as_json() for entry in rows] for task, rows in tables.items()}
     write_json(out_dir / "benchmark.json", {"seeds": list(seeds), "columns": list(COLUMNS), "tasks": as_json,
                                             "claims": claims, "trained_on": trained_on,
+                                            "active_speaker": None if asd is None else asd["methods"],
                                             "figure": str(figure_png) if figure else None, "notes": notes})
     filled = sum(bool(entry.cells["mAP"]["values"]) for rows in tables.values() for entry in rows)
     total = sum(len(rows) for rows in tables.values())

@@ -23,7 +23,8 @@ HELP = (
     "Pretrained:      apes-cli evaluate --modality voice --task seen_heard --pretrained  (dlib face, CAM++ "
     "voice)\n\n"
     "Random ranking:  apes-cli evaluate --random --task seen_heard\n\n"
-    "Any method:      apes-cli evaluate --embeddings mine.parquet --metrics mine.json  (docs/evaluation.md)"
+    "Any method:      apes-cli evaluate --embeddings mine.parquet --metrics mine.json  (docs/evaluation.md)\n\n"
+    "Active speakers: apes-cli evaluate --asd predictions.csv  (the official AVA-ActiveSpeaker AP of SPEAKING_AUDIBLE)"
 )
 
 
@@ -50,12 +51,20 @@ def command(
         "--random", help="The exact expected metrics of a random ranking (the report's Random row).")] = False,
     embeddings: Annotated[Path | None, typer.Option(
         help="Evaluate this embeddings Parquet (video_id, entity_id, identity, embedding) instead.")] = None,
+    asd: Annotated[Path | None, typer.Option(
+        help="Score this active speaker predictions CSV instead: the AVA-ActiveSpeaker columns video_id, "
+             "frame_timestamp, entity_box_x1, y1, x2, y2, label (SPEAKING_AUDIBLE), entity_id, plus score, as "
+             "ActivityNet's get_ava_active_speaker_performance.py reads it.")] = None,
+    asd_groundtruth: Annotated[Path | None, typer.Option(
+        help="Ground truth for --asd: an AVA-ActiveSpeaker CSV or a folder of them (default: the val annotations "
+             "of data.raw_dir).")] = None,
     out: Annotated[Path, typer.Option(
         help="Folder of the val embeddings written: <out>/<run>.parquet or <out>/pretrained_<modality>_<task>.parquet."
     )] = Path("data/embeddings"),
     metrics: Annotated[Path | None, typer.Option(
         help="Metrics JSON (default: metrics/eval_<run>.json, metrics/eval_pretrained_<modality>_<task>.json, "
-             "metrics/eval_random_<task>.json or metrics/eval_file_<name>.json).")] = None,
+             "metrics/eval_random_<task>.json, metrics/eval_file_<name>.json or metrics/asd_file_<name>.json)."
+    )] = None,
     crops_dir: Annotated[Path, typer.Option(help="Crop shards (read: <dir>/val/*.parquet).")] = Path("data/crops"),
     mels_dir: Annotated[Path, typer.Option(help="Mel shards (read: <dir>/val/*.parquet).")] = Path("data/mels"),
     models_dir: Annotated[Path, typer.Option(help="Trained runs: <dir>/<run>/model.pt.")] = Path("models"),
@@ -69,7 +78,13 @@ def command(
              "tracklet is a Seen tracklet, cut the same; the same numbers).")] = None,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
-    """Evaluate one run, a baseline, or an embeddings file."""
+    """Evaluate one run, a baseline, an embeddings file or active speaker predictions."""
+    if asd is not None:
+        from stages import asd as asd_stage
+        raw_dir = None if asd_groundtruth is not None else Path(load_params(params).data.raw_dir)
+        report_metrics(asd_stage.run_predictions_file(asd, asd_groundtruth, raw_dir),
+                       metrics or Path("metrics") / f"asd_file_{asd.stem}.json")
+        return
     if embeddings is not None:
         from stages import evaluate as stage
         report_metrics(stage.run_embeddings_file(embeddings),

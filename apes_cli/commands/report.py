@@ -40,6 +40,9 @@ def command(
     train_dir: Annotated[Path, typer.Option(
         help="The train stage's train_*.json, for the device, precision and CPU the runs were trained on.")] = Path(
         "metrics/train"),
+    asd_metrics: Annotated[Path, typer.Option(
+        help="The asd stage's metrics, for the Active speaker detection section (absent: not evaluated).")] = Path(
+        "metrics/asd.json"),
     out: Annotated[Path, typer.Option(
         help="Output folder for benchmark.md, benchmark.json and benchmark_examples.png.")] = Path("metrics"),
     metrics: MetricsOption = Path("metrics/report.json"),
@@ -49,4 +52,4 @@ def command(
     from stages import report
     loaded = load_params(params)
     run_stage(report.run, overridden(loaded.report, "report", seeds=None if seeds is None else _parse_seeds(seeds)),
-              eval_dir, crops_dir, out, train_dir, metrics=metrics)
+              eval_dir, crops_dir, out, train_dir, asd_metrics, metrics=metrics)

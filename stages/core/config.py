@@ -283,6 +283,16 @@ class PretrainedBaselineParams:
 
 
 @dataclass(frozen=True)
+class AsdParams:
+    """The active speaker detection benchmark (stage asd: docs/evaluation.md)."""
+
+    workers: int = 0
+
+    def validate(self, key: str) -> None:
+        _check(self.workers >= 0, f"{key}.workers", "expected >= 0 (0 = one per core)")
+
+
+@dataclass(frozen=True)
 class ReportParams:
     """Seeds whose runs the report aggregates (mean and spread per cell)."""
 
@@ -307,6 +317,7 @@ class Params:
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     pretrained_baselines: PretrainedBaselineParams = PretrainedBaselineParams()
+    asd: AsdParams = AsdParams()
     report: ReportParams = ReportParams()
 
     def validate(self, key: str = "") -> None:

@@ -30,6 +30,7 @@ import numpy as np
 from stages.core.errors import DataError
 from stages.core.progress import Progress, Silent
 from stages.media.video_io import VideoInfo, end_process, ffmpeg_exe, ffmpeg_reason
+from stages.media.voice_activity import speech_regions
 
 SAMPLE_RATE = 16000
 BLOCK_SECONDS = 60.0
@@ -56,31 +57,11 @@ class Segment:
 
 
 @lru_cache(maxsize=1)
-def _vad_model():
-    from silero_vad import load_silero_vad
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return load_silero_vad()
-
-
-@lru_cache(maxsize=1)
 def _encoder():
     with warnings.catch_warnings():  # resemblyzer imports a deprecated scipy.ndimage path
         warnings.simplefilter("ignore", DeprecationWarning)
         from resemblyzer import VoiceEncoder
     return VoiceEncoder("cpu", verbose=False)
-
-
-def speech_regions(audio: np.ndarray) -> list[tuple[int, int]]:
-    """(start, end) sample indices of speech in 16 kHz float audio."""
-    import torch
-    from silero_vad import get_speech_timestamps
-    if audio.size < SAMPLE_RATE // 10:
-        return []
-    stamps = get_speech_timestamps(torch.from_numpy(np.ascontiguousarray(audio, np.float32)), _vad_model(),
-                                   sampling_rate=SAMPLE_RATE, threshold=0.5, min_speech_duration_ms=250,
-                                   min_silence_duration_ms=200, speech_pad_ms=30)
-    return [(int(s["start"]), int(s["end"])) for s in stamps]
 
 
 def _hz_to_mel(hz: np.ndarray) -> np.ndarray:

@@ -177,6 +177,15 @@ def frame_indices(timestamps: np.ndarray, fps: float) -> np.ndarray:
     return np.maximum(np.ceil(np.asarray(timestamps, np.float64) * fps - 0.5 - 1e-6), 0).astype(np.int64)
 
 
+def nearest_frames(info: VideoInfo, timestamps: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """The frame nearest to each timestamp, and the frames' presentation times (None: frame k at k / fps)."""
+    times = frame_times(info)  # None for a constant-rate stream from 0, the usual case
+    if times is not None:
+        return frame_indices_at(timestamps, times), times
+    indices = frame_indices(timestamps, info.fps)
+    return (np.minimum(indices, info.frame_count - 1) if info.frame_count else indices), None
+
+
 def read_audio(info: VideoInfo, start: float, duration: float, sample_rate: int) -> np.ndarray:
     """Decode [start, start + duration) of the first audio stream as mono int16 at `sample_rate`."""
     if not info.has_audio:

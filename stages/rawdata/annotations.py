@@ -35,12 +35,13 @@ class Identity:
     line: int
 
 
-def _first_line(path: Path) -> str:
+def first_line(path: Path) -> str:
+    """The first line of a text file, stripped."""
     with path.open("r", newline="") as handle:
         return handle.readline().strip()
 
 
-def _find_bad_row(path: Path, expected: int, skip: int) -> DataError:
+def find_bad_row(path: Path, expected: int, skip: int) -> DataError:
     """Scan with the csv module to locate the first row whose column count is wrong."""
     with path.open("r", newline="") as handle:
         for number, row in enumerate(csv.reader(handle), start=1):
@@ -51,7 +52,7 @@ def _find_bad_row(path: Path, expected: int, skip: int) -> DataError:
     return DataError(path, "could not be parsed as CSV")
 
 
-def _to_float(column: pa.Array, path: Path, field: str, offset: int) -> np.ndarray:
+def parse_floats(column: pa.Array, path: Path, field: str, offset: int) -> np.ndarray:
     """Parse a string column as float64, naming the first line that is not a number."""
     try:
         return pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
@@ -69,7 +70,7 @@ def read_ava_csv(path: str | Path, split: str) -> pa.Table:
     path = Path(path)
     if not path.exists():
         raise DataError(path, "file not found")
-    first = _first_line(path)
+    first = first_line(path)
     if not first:
         raise DataError(path, "empty file: expected AVA-ActiveSpeaker rows")
     has_header = first.split(",")[0].strip() == "video_id"
@@ -89,7 +90,7 @@ def read_ava_csv(path: str | Path, split: str) -> pa.Table:
             parse_options=pacsv.ParseOptions(newlines_in_values=False),
         )
     except pa.ArrowInvalid:
-        raise _find_bad_row(path, len(columns), skip) from None
+        raise find_bad_row(path, len(columns), skip) from None
     offset = skip + 1  # row index -> 1-based line number
     n = table.num_rows
     if n == 0:
@@ -100,7 +101,7 @@ def read_ava_csv(path: str | Path, split: str) -> pa.Table:
         if index == 0 or vid != video_ids[index - 1]:
             check_video_id(vid, path, index + offset)
 
-    stamps = _to_float(table["frame_timestamp"].combine_chunks(), path, "frame_timestamp", offset)
+    stamps = parse_floats(table["frame_timestamp"].combine_chunks(), path, "frame_timestamp", offset)
     bad = np.flatnonzero(~np.isfinite(stamps) | (stamps < 0))
     if bad.size:
         i = int(bad[0])
@@ -109,7 +110,7 @@ def read_ava_csv(path: str | Path, split: str) -> pa.Table:
 
     box = {}
     for name in _BOX_FIELDS:
-        values = _to_float(table[name].combine_chunks(), path, name, offset)
+        values = parse_floats(table[name].combine_chunks(), path, name, offset)
         bad = np.flatnonzero(~np.isfinite(values) | (values < 0.0) | (values > 1.0))
         if bad.size:
             i = int(bad[0])
@@ -291,7 +292,7 @@ def check_apes_entities_present(identities: dict[str, Identity], videos: list[tu
     """Every APES entity must name a face track of the AVA CSVs (read only the entity column)."""
     seen: set[str] = set()
     for _, path in videos:
-        header = _first_line(path).split(",")[0].strip() == "video_id"
+        header = first_line(path).split(",")[0].strip() == "video_id"
         with path.open("r", newline="") as handle:
             rows = csv.reader(handle)
             if header:
