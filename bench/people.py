@@ -268,7 +268,7 @@ def run(folder: Path, seconds: float, sweep: bool) -> dict:
     """Compose, index, find people and score both parts; the DER and the speed row."""
     from stages.footage.index_store import read_entry
     from stages.footage.indexing import index_videos
-    from stages.footage.people import FACE_LINK, describe, find_people
+    from stages.footage.people import FACE_LINK, VOICE_LINK, describe, find_people, voice_link_for
     from stages.footage.people_outputs import people
     index_dir = folder / "index"
     report: dict = {}
@@ -284,18 +284,21 @@ def run(folder: Path, seconds: float, sweep: bool) -> dict:
             report[f"{name}_alone"].append({k: (round(alone[k]["coverage"], 3), round(alone[k]["purity"], 3))
                                             for k in ("seen", "heard")} | {"merged": len(alone["merged"]),
                                                                            "joined": alone["joined"]})
-        if sweep:
+        if sweep and name == "choose":  # the rules are chosen on the choose part only; check is reported
             grid = {}
+            links = (0.60, 0.65, 0.70, 0.75, 0.80, 0.85) if voice_link_for(indexes) == VOICE_LINK else \
+                (0.25, 0.30, 0.35, 0.40, 0.45, 0.50, 0.55)
             for face in (0.40, FACE_LINK):
                 for mean, check in ((False, False), (True, False), (True, True)):
-                    for voice in (0.60, 0.65, 0.70, 0.75, 0.80, 0.85):
+                    for voice in links:
                         found = describe(find_people(indexes, face, voice, mean, check), indexes,
                                          [str(v) for v in videos])
                         result = score({"people": found}, truths, videos)
                         rule = ("mean" if mean else "average") + ("+checked" if check else "")
                         grid[f"{face:.2f}/{rule} {voice:.2f}"] = {
                             k: (round(result[k]["coverage"], 3), round(result[k]["purity"], 3))
-                            for k in ("seen", "heard")} | {"merged": len(result["merged"]), "people": len(found)}
+                            for k in ("seen", "heard")} | {"merged": len(result["merged"]), "people": len(found),
+                                                                 "joined": result["joined"]}
             report[f"{name}_sweep"] = grid
         report[f"{name}_index"] = [document["videos"][i]["index"] for i in range(len(videos))]
     report["sample_der"] = audio_only_der(folder, index_dir)

@@ -21,7 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from apes_cli.main import app
-from stages.footage.speakers import decide
+from stages.footage.speakers import clear_split, decide
 from stages.media.active_speaker import MAX_OFFSET, mouth_box, mouth_crops, speaking_scores, sync
 from stages.media.video_io import ffmpeg_exe, probe
 
@@ -207,3 +207,18 @@ def test_decisions_need_a_clear_margin_and_short_runs_join_their_neighbours() ->
     assert [(a, b, who) for a, b, who, _ in runs] == [(0, 60, 7), (60, 100, 9)]
     close = np.array([[0.50] * 50, [0.46] * 50])
     assert decide(close, [7, 9], fps)[0][2] == -1  # under the margin: nobody
+
+
+def test_a_segment_is_split_between_two_faces_only_when_each_part_is_clear() -> None:
+    fps = 25
+    marginal = np.full((2, 100), 0.0)
+    marginal[0, :50] = 0.11   # each face passes the per-frame rule (0.10, margin 0.08) in its half...
+    marginal[1, 50:] = 0.11   # ...but a split gives one voice to two faces: it needs SPLIT_SCORE per part
+    runs = decide(marginal, [7, 9], fps)
+    assert [who for _, _, who, _ in runs] == [7, 9]
+    assert [who for _, _, who, _ in clear_split(runs)] == [-1, -1]
+    clear = marginal * 3  # 0.33 either side: a real change of speaker stays split
+    assert [who for _, _, who, _ in clear_split(decide(clear, [7, 9], fps))] == [7, 9]
+    one = np.full((2, 100), 0.0)
+    one[0] = 0.11             # one speaker over the whole segment: the whole-segment rule decides, not this one
+    assert [who for _, _, who, _ in clear_split(decide(one, [7, 9], fps))] == [7]

@@ -5,10 +5,10 @@ constraints (two tracks of one video on screen at the same time are different pe
 while the mean face score between them is >= FACE_LINK (dlib: 1 - Euclidean distance).
 Voices: each person's speech given to one of their tracks by the index's speaker rule (speaker_track)
 seeds their voice, once checked against the seeds' voices (consistent_seeds); every other segment (off
-screen, several faces, a new voice) joins by constrained average linkage on Resemblyzer cosine
-(>= VOICE_LINK), a seeded person scored by their mean voice; two seeds never merge (they are two people by
-face). A voice cluster without a seed is a "voice only" person; a face never given speech stays "face
-only". Memory is O(tracks^2 + segments^2); nothing is decoded."""
+screen, several faces, a new voice) joins by constrained average linkage on voice cosine (CAM++ >=
+CAMPPLUS_VOICE_LINK, Resemblyzer >= VOICE_LINK), a seeded person scored by their mean voice; two seeds never
+merge (they are two people by face). A voice cluster without a seed is a "voice only" person; a face never
+given speech stays "face only". Memory is O(tracks^2 + segments^2); nothing is decoded."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from scipy import sparse
 
+from stages.footage.decision import VOICE_BASE_THRESHOLD
 from stages.footage.index_store import VideoIndex
 
 # Link thresholds, chosen on the "choose" part of bench/people.py (group photo, sample.wav, the interview;
@@ -26,8 +27,9 @@ FACE_LINK = 0.45
 MODEL_FACE_LINK = 0.8  # a --model network's cosine: the search default, not calibrated on real faces
 VOICE_LINK = 0.75  # Resemblyzer cosine (an index built with --voice-embedder resemblyzer)
 # CAM++ cosine (the default embedder since issue 17): the voice search rule's threshold for segments of 1.5 s
-# and more (stages/footage/decision.py); not yet re-chosen on bench/people.py.
-CAMPPLUS_VOICE_LINK = 0.40
+# and more (stages/footage/decision.py); re-swept on the choose part of bench/people.py, where 0.25-0.45 give
+# the same people (0.50 splits two voices off), so the search rule's value is kept.
+CAMPPLUS_VOICE_LINK = VOICE_BASE_THRESHOLD
 VOICE_MEAN = True  # a person seen speaking is scored by their mean voice embedding (steadier than one segment)
 # Tracks (or segments) of one video sharing more than this many seconds are different people.
 CANNOT_OVERLAP = 0.1

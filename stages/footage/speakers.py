@@ -7,8 +7,9 @@ told from chance), each visible track's box is interpolated between
 its detections to every frame, and stages/media/active_speaker.py scores the synchrony of each mouth
 region with the speech, per frame. A frame belongs to the best track when its score reaches MIN_SCORE and
 beats the next track's by MARGIN; runs shorter than MIN_PART are absorbed by their neighbours, and a
-segment whose frames go to different speakers is split there (each part its own voice embedding); one
-with a single speaker stays whole, hers when she holds at least half of it.
+segment whose frames go to different speakers is split there (each part its own voice embedding) when
+each speaker's run holds a mean score of SPLIT_SCORE (a clear split; otherwise the unclear speakers are
+dropped); one with a single speaker stays whole, hers when she holds at least half of it.
 How the thresholds were chosen, and what they give: docs/search.md ("Who is speaking").
 """
 
@@ -30,6 +31,7 @@ from stages.media.video_io import VideoInfo, ffmpeg_exe, frame_indices_at, frame
 
 MIN_SCORE = 0.10      # windowed adjusted R^2 a speaking mouth reaches
 MARGIN = 0.08         # ... and by which it beats the next face on screen
+SPLIT_SCORE = MIN_SCORE + MARGIN  # a segment split between faces: each part's mean score must reach this
 STILL_RATIO = 1.55    # mouth motion under this many times the eyes' motion: lips not seen moving
 STILL_PROBE = 0.45    # the eye region: the mouth region moved up by this share of the box height
 LONE_SCORE = 0.25     # a face alone on screen has no rival to beat: it needs more (a still photo reached 0.17)
@@ -229,6 +231,17 @@ def decide(scores: np.ndarray, track_ids: list[int], fps: float, still: np.ndarr
     return out
 
 
+def clear_split(runs: list[tuple[int, int, int, float]]) -> list[tuple[int, int, int, float]]:
+    """The runs of one segment, with the speakers of a split that is not clear taken out (label -1).
+
+    A split gives a voice to two faces at once, so each face's run must hold a mean score of SPLIT_SCORE,
+    not only pass MIN_SCORE frame by frame: runs at the threshold (0.10 against 0.08) in a shot where one
+    person speaks split her voice and seeded part of it on the listener's face."""
+    if len({speaker for _, _, speaker, _ in runs if speaker >= 0}) <= 1:
+        return runs
+    return [(a, b, speaker if score >= SPLIT_SCORE else -1, score) for a, b, speaker, score in runs]
+
+
 def assign_speakers(info: VideoInfo, segments: list, visible: list[list[int]], paths: list[FaceTrackPath],
                     embed) -> tuple[list[SpeechPart], dict[str, float]]:
     """Speech rows with their speaker: `segments` have start, end, embedding; `visible[i]` the track ids
@@ -266,7 +279,8 @@ def _groups(segments: list, visible: list[list[int]], paths: dict[int, FaceTrack
 def _assign(info: VideoInfo, segments: list, visible: list[list[int]], paths: list[FaceTrackPath],
             embed) -> tuple[list[SpeechPart], dict[str, float]]:
     by_id = {p.track_id: p for p in paths}
-    counters = {"asd_seconds": 0.0, "asd_cpu": 0.0, "asd_spans": 0, "asd_frames": 0, "asd_splits": 0}
+    counters = {"asd_seconds": 0.0, "asd_cpu": 0.0, "asd_spans": 0, "asd_frames": 0, "asd_splits": 0,
+                "asd_unclear_splits": 0}
     cpu_before = time.thread_time() + _children_cpu()
     decided: dict[int, list[SpeechPart]] = {}
     groups = _groups(segments, visible, by_id) if info.has_audio else []
@@ -284,6 +298,9 @@ def _assign(info: VideoInfo, segments: list, visible: list[list[int]], paths: li
             if not audio.size or inside.size == 0:
                 continue
             runs = decide(scores[:, inside], ids, info.fps, still)
+            clear = clear_split(runs)
+            counters["asd_unclear_splits"] += clear != runs
+            runs = clear
             speakers = {speaker for _, _, speaker, _ in runs if speaker >= 0}
             if len(speakers) <= 1:  # one speaker at most: the segment stays whole, hers if she holds most of it
                 a, b, speaker, score = max(runs, key=lambda run: (run[2] >= 0, run[1] - run[0]))
