@@ -55,7 +55,8 @@ def run(settings: PretrainedBaselineParams, modality: Modality, task: Task, crop
         reuse: str | Path | None = None, progress: Progress | None = None) -> dict:
     """Embed the task's val tracklets with dlib (face) or CAM++ (voice), write
     <out_dir>/pretrained_<modality>_<task>.parquet and rank them like any method; returns the metrics.
-    `modality` is a key of PRETRAINED_MODELS; face runs dlib on `workers` processes (0: one per core).
+    `modality` is a key of PRETRAINED_MODELS; face runs dlib on `workers` processes, voice CAM++ on `workers`
+    threads (0: one per core).
     `reuse` names an earlier file of the same embedder and settings that holds every tracklet of the task (the
     Seen file for Seen & Heard: the same tracks, cut the same): its rows are taken instead of embedding again,
     the same numbers (a descriptor depends on its crop alone)."""
@@ -69,7 +70,7 @@ def run(settings: PretrainedBaselineParams, modality: Modality, task: Task, crop
                                 resolve_workers(workers), progress)
     else:
         table = voice_embeddings(crops_dir, mels_dir, decoded_dir, "val", task, settings.snippets_per_track,
-                                 progress)
+                                 resolve_workers(workers), progress)
     embeddings_path = Path(out_dir) / f"pretrained_{modality}_{task}.parquet"
     metrics = score(embeddings_from_table(table, embeddings_path), embeddings_path)
     write_parquet(embeddings_path, table.replace_schema_metadata(with_metadata(table.schema, how).metadata))

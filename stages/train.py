@@ -1,6 +1,6 @@
 """Stage 'train': triplet training of one (modality, sampling, task) run, with per-epoch validation mAP.
 
-Outputs (rank 0 only): models/<run>/last.pt every epoch (resume), replaced by model.pt at the end, and the
+Outputs (rank 0 only): models/<run>/last.pt after each epoch but the last (resume), then model.pt, and the
 per-epoch history TSV (epoch, loss, val_mAP, seconds) for dvc plots; `run` returns the metrics.
 A batch is a pure function of (seed, epoch, step), so `resume` replays an interrupted epoch exactly.
 """
@@ -202,8 +202,8 @@ def validation_map(model: Embedder, store: Store, device: torch.device, batch_si
 
 
 def validation_due(epoch: int, epochs: int, every: int) -> bool:
-    """Whether 0-based `epoch` validates: every `every` epochs, and always the last."""
-    return epoch + 1 == epochs or (epoch + 1) % every == 0
+    """Whether 0-based `epoch` validates: every `every` epochs (0: none but the last), and always the last."""
+    return epoch + 1 == epochs or (every > 0 and (epoch + 1) % every == 0)
 
 
 def _write_history(path: Path, history: list[dict[str, float]]) -> None:
@@ -397,8 +397,9 @@ def fit(trainer: Trainer, data: Data, feed: Feed, done: Progression, *, spec: Ru
         history.append({"epoch": epoch + 1, "loss": loss, "val_mAP": val_map,
                         "seconds": round(done.seconds_before + time.perf_counter() - started, 2)})
         if world.leader:
-            _save(run_dir / "last.pt", trainer.state(epoch + 1, history, signature,
-                                                     run_facts(spec, epoch + 1, data.crop)))
+            if epoch + 1 < schedule.epochs:  # after the last epoch model.pt is written instead
+                _save(run_dir / "last.pt", trainer.state(epoch + 1, history, signature,
+                                                         run_facts(spec, epoch + 1, data.crop)))
             _write_history(history_path, history)
         world.barrier()
     return history, samples, train_seconds

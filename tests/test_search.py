@@ -245,6 +245,16 @@ def test_a_damaged_index_is_a_clear_error(footage: dict, tmp_path: Path) -> None
     assert not out.exists()
 
 
+def test_detection_threads_give_the_one_threads_index(footage: dict, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from stages.footage import face_pass
+    monkeypatch.setattr(face_pass, "DETECT_THREADS", 1)
+    result = runner.invoke(app, ["index", str(footage["video"]), "--index-dir", str(tmp_path / "one")])
+    assert result.exit_code == 0, result.output
+    tables = [pq.read_table(next(Path(root).glob("*/faces.parquet"))) for root in (footage["index"], tmp_path / "one")]
+    assert tables[0].num_rows >= 4 and tables[0].equals(tables[1])
+
+
 def test_tracker_bounds_tracks_by_cuts_and_bridges_short_gaps() -> None:
     step = 0.32
     tracker = Tracker(step, max_gap=0.7)
@@ -336,7 +346,8 @@ def _report_shards(root: Path) -> tuple[Path, Path, Path]:
 def test_pretrained_embedders_become_report_rows(tmp_path: Path) -> None:
     crops, mels, decoded = _report_shards(tmp_path)
     eval_dir, out = tmp_path / "eval", tmp_path / "embeddings"
-    runs = {("face", "seen_heard"): ["--workers", "2"], ("voice", "seen_heard"): [], ("face", "seen"): ["--workers", "1"]}
+    runs = {("face", "seen_heard"): ["--workers", "2"], ("voice", "seen_heard"): ["--workers", "2"],
+            ("face", "seen"): ["--workers", "1"]}
     for (modality, task), extra in runs.items():
         result = runner.invoke(app, ["evaluate", "--pretrained", "--modality", modality, "--task", task,
                                      "--crops-dir", str(crops), "--mels-dir", str(mels), "--decoded-dir", str(decoded),
@@ -371,6 +382,12 @@ def test_pretrained_embedders_become_report_rows(tmp_path: Path) -> None:
                                 "--metrics", str(tmp_path / "wrong.json")])
     assert wrong.exit_code == 2 and "pretrained_voice_seen_heard.parquet" in wrong.output
     assert "pretrained_model" in wrong.output and not (tmp_path / "wrong.json").exists()
+    # CAM++ on one thread or on two side by side: the same embeddings, in the same rows
+    single = runner.invoke(app, [*common, "--modality", "voice", "--workers", "1", "--out", str(tmp_path / "single"),
+                                 "--metrics", str(tmp_path / "single.json")])
+    assert single.exit_code == 0, single.output
+    assert pq.read_table(tmp_path / "single" / "pretrained_voice_seen_heard.parquet")["embedding"].to_pylist() == \
+        pq.read_table(out / "pretrained_voice_seen_heard.parquet")["embedding"].to_pylist()
 
     result = runner.invoke(app, ["report", "--eval-dir", str(eval_dir), "--out", str(tmp_path / "report"),
                                  "--crops-dir", str(crops), "--metrics", str(tmp_path / "report.json")])

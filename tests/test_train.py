@@ -50,6 +50,7 @@ from stages.train import (
     World,
     make_sampler,
     resolve_schedule,
+    validation_due,
 )
 from stages.train import run as train
 from stages.triplets import run as triplets
@@ -93,11 +94,19 @@ def test_cli_trained_face_model_beats_random_and_its_loss_falls(data: dict[str, 
     assert rows[0].split("\t") == ["epoch", "loss", "val_mAP", "seconds"] and len(rows) == 4
     losses = [float(r.split("\t")[1]) for r in rows[1:]]
     assert losses[-1] < 0.6 * losses[0], losses
+    # the project's train.val_every (0) validates the last epoch only
+    assert [r.split("\t")[2] for r in rows[1:3]] == ["nan", "nan"]
+    assert float(rows[-1].split("\t")[2]) == pytest.approx(metrics["val_mAP"], abs=1e-4)
     val = load_store(data["crops"], data["mels"], "val", "seen", ("crops",))
     chance = random_metrics(val.tracklets["video_id"].to_pylist(), val.tracklets["identity"].to_pylist())["mAP"]
     assert metrics["val_mAP"] > chance + 25, (metrics["val_mAP"], chance)
     model = load_checkpoint(tmp_path / "models" / "face_within_seen" / "model.pt")
     assert model.modality == "face" and model.meta["epochs"] == 3
+
+
+@pytest.mark.parametrize("every, validated", [(0, [5]), (1, [1, 2, 3, 4, 5]), (2, [2, 4, 5]), (7, [5])])
+def test_validation_runs_every_n_epochs_and_always_at_the_end(every: int, validated: list[int]) -> None:
+    assert [epoch + 1 for epoch in range(5) if validation_due(epoch, 5, every)] == validated
 
 
 class _Interrupt(Exception):

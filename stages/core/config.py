@@ -232,7 +232,7 @@ class TrainParams:
     compile: bool = False
     crossmodal_init: CrossmodalInit = CrossmodalInit.scratch
     max_crops_per_track: int = 16
-    val_every: int = 1
+    val_every: int = 0
     val_items_per_track: int = 2
     face: OptimParams = OptimParams(lr=1e-3)
     voice: OptimParams = OptimParams(lr=2e-3)
@@ -246,7 +246,7 @@ class TrainParams:
         _check(self.workers >= 0, f"{key}.workers", "expected >= 0")
         _check(self.steps_per_epoch >= 1, f"{key}.steps_per_epoch", "expected >= 1")
         _check(self.max_crops_per_track >= 0, f"{key}.max_crops_per_track", "expected >= 0 (0 = all)")
-        _check(self.val_every >= 1, f"{key}.val_every", "expected >= 1")
+        _check(self.val_every >= 0, f"{key}.val_every", "expected >= 0 (0 = the last epoch only)")
         _check(self.val_items_per_track >= 1, f"{key}.val_items_per_track", "expected >= 1")
         for modality in Modality:
             self.optim(modality).validate(f"{key}.{modality}")

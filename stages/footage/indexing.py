@@ -148,7 +148,8 @@ class _Analysis:
 
 
 def _analyse(info: VideoInfo, settings: IndexSettings, tick: Callable[[float], None]) -> _Analysis:
-    """The face pass on this thread (ffmpeg + dlib: one core) and the soundtrack on another (one core)."""
+    """The face pass (ffmpeg, then dlib on stages.footage.face_pass.DETECT_THREADS threads) and the soundtrack on a
+    thread of its own."""
     import torch  # only now: a reused index needs none of the models
 
     from stages.footage.face_embedding import face_embedder

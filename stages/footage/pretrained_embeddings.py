@@ -66,14 +66,16 @@ def face_embeddings(crops_dir: str | Path, mels_dir: str | Path | None, split: s
 
 
 def voice_embeddings(crops_dir: str | Path, mels_dir: str | Path, decoded_dir: str | Path, split: str,
-                     task: Task = Task.seen_heard, max_snippets: int = 16,
+                     task: Task = Task.seen_heard, max_snippets: int = 16, workers: int = 1,
                      progress: Progress | None = None) -> pa.Table:
-    """Default-embedder voice embeddings of the speech of each tracklet (tracklets without speech: an error)."""
-    from stages.footage.speech import SAMPLE_RATE
+    """Default-embedder voice embeddings of the speech of each tracklet (tracklets without speech: an error), on
+    `workers` threads of one torch thread each: CAM++ on one segment is too small to share out (two torch threads
+    took 1.3x the time of one here), so the segments are, as in the index, which also runs it on one thread."""
+    import torch
+
     from stages.footage.voice_embedders import voice_embedder
     from stages.learning.embed import embeddings_table
     from stages.learning.tracklets import load_tracklets
-    from stages.media.video_io import read_wav
     progress = progress or Silent()
     tracklets = load_tracklets(crops_dir, mels_dir, split, task)
     embedder = voice_embedder()
@@ -83,25 +85,44 @@ def voice_embeddings(crops_dir: str | Path, mels_dir: str | Path, decoded_dir: s
         rows.setdefault(video, []).append(row)
     entities = tracklets["entity_id"].to_pylist()
     progress.start(tracklets.num_rows, f"{embedder.name} voice embeddings ({split} {task})")
-    for video, members in rows.items():
-        shard = shard_path(mels_dir, split, video)
-        table = pq.read_table(shard, columns=["entity_id", "start"])
-        seconds = float(metadata(pq.read_schema(shard)).get("snippet_seconds", "0.45"))
-        audio, rate = read_wav(audio_path(decoded_dir, split, video))
-        if rate != SAMPLE_RATE:
-            raise DataError(audio_path(decoded_dir, split, video), f"expected {SAMPLE_RATE} Hz audio, found {rate}")
-        audio_start = float(metadata(pq.read_schema(plan_path(decoded_dir, split, video)))["audio_start"])
-        starts: dict[str, list[float]] = {}
-        for entity, start in zip(table["entity_id"].to_pylist(), table["start"].to_pylist()):
-            starts.setdefault(entity, []).append(start)
-        length = int(round(seconds * rate))
-        for row in members:
-            mine = sorted(starts.get(entities[row], []))
-            if not mine:
-                raise DataError(shard, f"tracklet {entities[row]} has no voice snippet; the voice embedder "
-                                       f"needs the {Task.seen_heard} task")
-            pick = np.unique(np.round(np.linspace(0, len(mine) - 1, min(len(mine), max_snippets))).astype(int))
-            pieces = [audio[max(0, int(round((mine[i] - audio_start) * rate))):][:length] for i in pick]
-            out[row] = embedder.embed_segment(np.concatenate(pieces))
-            progress.advance()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with futures.ThreadPoolExecutor(workers, thread_name_prefix="apes-voice") as pool:
+            for video, members in rows.items():
+                speech = _tracklet_speech(mels_dir, decoded_dir, split, video, [entities[row] for row in members],
+                                          max_snippets)
+                for row, embedding in zip(members, pool.map(embedder.embed_segment, speech)):
+                    out[row] = embedding
+                    progress.advance()
+    finally:
+        torch.set_num_threads(threads)
     return embeddings_table(tracklets, out)
+
+
+def _tracklet_speech(mels_dir: str | Path, decoded_dir: str | Path, split: str, video: str, entities: list[str],
+                     max_snippets: int) -> list[np.ndarray]:
+    """Each tracklet's speech: the audio of up to `max_snippets` evenly spaced mel snippets, concatenated."""
+    from stages.footage.speech import SAMPLE_RATE
+    from stages.media.video_io import read_wav
+    shard = shard_path(mels_dir, split, video)
+    table = pq.read_table(shard, columns=["entity_id", "start"])
+    seconds = float(metadata(pq.read_schema(shard)).get("snippet_seconds", "0.45"))
+    audio, rate = read_wav(audio_path(decoded_dir, split, video))
+    if rate != SAMPLE_RATE:
+        raise DataError(audio_path(decoded_dir, split, video), f"expected {SAMPLE_RATE} Hz audio, found {rate}")
+    audio_start = float(metadata(pq.read_schema(plan_path(decoded_dir, split, video)))["audio_start"])
+    starts: dict[str, list[float]] = {}
+    for entity, start in zip(table["entity_id"].to_pylist(), table["start"].to_pylist()):
+        starts.setdefault(entity, []).append(start)
+    length = int(round(seconds * rate))
+    speech = []
+    for entity in entities:
+        mine = sorted(starts.get(entity, []))
+        if not mine:
+            raise DataError(shard, f"tracklet {entity} has no voice snippet; the voice embedder "
+                                   f"needs the {Task.seen_heard} task")
+        pick = np.unique(np.round(np.linspace(0, len(mine) - 1, min(len(mine), max_snippets))).astype(int))
+        speech.append(np.concatenate([audio[max(0, int(round((mine[i] - audio_start) * rate))):][:length]
+                                      for i in pick]))
+    return speech
