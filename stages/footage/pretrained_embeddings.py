@@ -69,8 +69,8 @@ def voice_embeddings(crops_dir: str | Path, mels_dir: str | Path, decoded_dir: s
                      task: Task = Task.seen_heard, max_snippets: int = 16, workers: int = 1,
                      progress: Progress | None = None) -> pa.Table:
     """Default-embedder voice embeddings of the speech of each tracklet (tracklets without speech: an error), on
-    `workers` threads of one torch thread each: CAM++ on one segment is too small to share out (two torch threads
-    took 1.3x the time of one here), so the segments are, as in the index, which also runs it on one thread."""
+    `workers` threads of one torch thread each: CAM++ on one 7 s segment is too small a job for two torch threads
+    (they took 1.3x the time of one), so the segments are shared out instead; the index runs it on one too."""
     import torch
 
     from stages.footage.voice_embedders import voice_embedder
