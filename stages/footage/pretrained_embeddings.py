@@ -107,7 +107,7 @@ def _tracklet_speech(mels_dir: str | Path, decoded_dir: str | Path, split: str, 
     from stages.media.video_io import read_wav
     shard = shard_path(mels_dir, split, video)
     table = pq.read_table(shard, columns=["entity_id", "start"])
-    seconds = float(metadata(pq.read_schema(shard)).get("snippet_seconds", "0.45"))
+    seconds = float(metadata(table.schema).get("snippet_seconds", "0.45"))
     audio, rate = read_wav(audio_path(decoded_dir, split, video))
     if rate != SAMPLE_RATE:
         raise DataError(audio_path(decoded_dir, split, video), f"expected {SAMPLE_RATE} Hz audio, found {rate}")
