@@ -55,7 +55,7 @@ def run(settings: PretrainedBaselineParams, modality: Modality, task: Task, crop
         reuse: str | Path | None = None, progress: Progress | None = None) -> dict:
     """Embed the task's val tracklets with dlib (face) or CAM++ (voice), write
     <out_dir>/pretrained_<modality>_<task>.parquet and rank them like any method; returns the metrics.
-    `modality` is a key of PRETRAINED_MODELS; face runs dlib on `workers` processes, voice CAM++ on `workers`
+    `modality` is a key of PRETRAINED_MODELS; face runs dlib's network on `workers` threads, voice CAM++ on `workers`
     threads (0: one per core).
     `reuse` names an earlier file of the same embedder and settings that holds every tracklet of the task (the
     Seen file for Seen & Heard: the same tracks, cut the same): its rows are taken instead of embedding again,

@@ -29,7 +29,7 @@ from stages.footage.frames import CutFinder
 from stages.footage.tracking import Detection, Tracker
 
 sys.path.insert(0, str(Path(__file__).parent))
-from search_media import (Shot, compose, group_faces, precision_recall, voice_piece,  # noqa: E402
+from search_media import (FIXTURES, Shot, compose, group_faces, precision_recall, voice_piece,  # noqa: E402
                           write_wav)
 
 runner = CliRunner()
@@ -446,6 +446,21 @@ def test_numpy_mel_equals_resemblyzers_librosa_mel() -> None:
     ours, theirs = _mel(speech), wav_to_mel_spectrogram(speech)
     assert ours.shape == theirs.shape == (401, 40)
     assert np.allclose(ours, theirs, rtol=1e-4, atol=1e-6)
+
+
+def test_numpy_face_network_equals_dlibs_own_descriptor() -> None:
+    import dlib
+
+    from stages.footage.detection import RESNET, detect_faces, face_chip, model_file
+    from stages.footage.face_embedding import DlibFaceEmbedder
+    photo = cv2.cvtColor(cv2.imread(str(FIXTURES / "group-photo-6-faces.jpg")), cv2.COLOR_BGR2RGB)
+    chips = [face_chip(photo, face) for face in detect_faces(photo, 1)]
+    theirs = dlib.face_recognition_model_v1(str(model_file(RESNET))).compute_face_descriptor(chips)
+    theirs = np.asarray([np.asarray(d) for d in theirs], np.float32)
+    ours = DlibFaceEmbedder().embed(chips)
+    assert len(chips) == 6 and ours.shape == (6, 128)
+    assert np.allclose(ours, theirs, atol=1e-5)
+    assert np.allclose(DlibFaceEmbedder().embed(chips[2:3]), theirs[2:3], atol=1e-5)  # alone as in a batch
 
 
 def test_numpy_voice_encoder_equals_resemblyzers_torch_model() -> None:

@@ -71,8 +71,8 @@ def command(
     decoded_dir: Annotated[Path, typer.Option(
         help="Decoded audio, for --pretrained voice (read: <dir>/audio/val/*.wav).")] = Path("data/decoded"),
     workers: Annotated[int, typer.Option(
-        min=0, help="With --pretrained: processes for dlib's face descriptor, threads for the CAM++ voice "
-                    "embedder (0 = one per core).")] = 0,
+        min=0, help="With --pretrained: threads for dlib's face descriptor and for the CAM++ voice embedder "
+                    "(0 = one per core).")] = 0,
     reuse: Annotated[Path | None, typer.Option(
         help="With --pretrained: take the tracklets' embeddings from this earlier --pretrained file of the same "
              "embedder and settings instead of embedding again (Seen & Heard from Seen: every Seen & Heard "

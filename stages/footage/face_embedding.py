@@ -30,15 +30,16 @@ def crop_geometry(meta: dict, path: str | Path) -> tuple[int, float]:
 
 
 class DlibFaceEmbedder:
-    """dlib_face_recognition_resnet_model_v1 on 150 px chips aligned by the 5-point landmarks."""
+    """dlib_face_recognition_resnet_model_v1 on 150 px chips aligned by the 5-point landmarks (its network run
+    in numpy: stages/footage/dlib_resnet.py)."""
 
     name = "dlib-resnet-v1"
     dim = 128
     threshold = FACE_THRESHOLD
 
     def __init__(self) -> None:
-        import dlib
-        self._net = dlib.face_recognition_model_v1(str(model_file(RESNET)))
+        from stages.footage.dlib_resnet import dlib_resnet
+        self._net = dlib_resnet(str(model_file(RESNET)))
 
     def patch(self, rgb: np.ndarray, face: Face) -> np.ndarray:
         """What `embed` takes for this face: the aligned 150 px chip."""
@@ -48,8 +49,7 @@ class DlibFaceEmbedder:
         """(n, 128) float32 descriptors."""
         if not patches:
             return np.zeros((0, self.dim), np.float32)
-        out = self._net.compute_face_descriptor([np.ascontiguousarray(p) for p in patches])
-        return np.asarray([np.asarray(d) for d in out], np.float32)
+        return self._net(np.stack(patches)).astype(np.float32)
 
     @staticmethod
     def scores(query: np.ndarray, embeddings: np.ndarray) -> np.ndarray:

@@ -151,6 +151,7 @@ def _analyse(info: VideoInfo, settings: IndexSettings, tick: Callable[[float], N
     """The face pass (ffmpeg, then dlib on stages.footage.face_pass.DETECT_THREADS threads) and the soundtrack on a
     thread of its own."""
     import torch  # only now: a reused index needs none of the models
+    from threadpoolctl import threadpool_limits
 
     from stages.footage.face_embedding import face_embedder
     from stages.footage.face_pass import FacePass
@@ -168,7 +169,8 @@ def _analyse(info: VideoInfo, settings: IndexSettings, tick: Callable[[float], N
     torch.set_num_threads(1)
     audio.start()
     try:
-        faces = FacePass(source, settings, embedder).run(tick, info.duration or 0.0)
+        with threadpool_limits(1):  # the face network's BLAS: the cores are busy with the detection threads
+            faces = FacePass(source, settings, embedder).run(tick, info.duration or 0.0)
     finally:
         source.finish()
         audio.join()
