@@ -15,10 +15,12 @@ How the thresholds were chosen, and what they give: docs/search.md ("Who is spea
 
 from __future__ import annotations
 
+import os
 import resource
 import subprocess
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import ffmpeg
@@ -39,6 +41,7 @@ MIN_PART = 0.8        # seconds: shorter runs of one decision join their neighbo
 MAX_HEIGHT = 720      # frames are scaled to at most this height before the mouths are cut
 SMOOTH_DETECTIONS = 5 # face boxes averaged over this many detections (2.5 s at 2 samples/s)
 CONTEXT = 2.0         # seconds analysed either side of a segment (same faces): short spans overfit
+SPAN_THREADS = min(2, os.cpu_count() or 1)  # spans decoded and scored at once
 
 
 @dataclass
@@ -281,15 +284,21 @@ def _assign(info: VideoInfo, segments: list, visible: list[list[int]], paths: li
     by_id = {p.track_id: p for p in paths}
     counters = {"asd_seconds": 0.0, "asd_cpu": 0.0, "asd_spans": 0, "asd_frames": 0, "asd_splits": 0,
                 "asd_unclear_splits": 0}
-    cpu_before = time.thread_time() + _children_cpu()
+    started, cpu_before = time.perf_counter(), time.process_time() + _children_cpu()
     decided: dict[int, list[SpeechPart]] = {}
     groups = _groups(segments, visible, by_id) if info.has_audio else []
     stamps = frame_times(info) if groups else None  # None: constant rate from 0, frame k at k / fps
-    for start, end, ids, members in groups:
-        started = time.perf_counter()
+
+    def span_scores(group: tuple[float, float, list[int], list[int]]) -> tuple[np.ndarray, ...]:
+        start, end, ids, members = group
         # windows stop where one segment ends and the next begins at once (a voice change), not at pauses
         edges = [segments[n].end for n in members[:-1] if abs(segments[n + 1].start - segments[n].end) < 1e-3]
-        times, audio, scores, still = _frame_scores(info, start, end, [by_id[i] for i in ids], edges, stamps)
+        return _frame_scores(info, start, end, [by_id[i] for i in ids], edges, stamps)
+
+    # spans scored SPAN_THREADS at a time (ffmpeg decodes and numpy let go of the GIL), decided in order
+    with ThreadPoolExecutor(SPAN_THREADS, thread_name_prefix="apes-asd") as pool:
+        scored = list(pool.map(span_scores, groups))
+    for (start, end, ids, members), (times, audio, scores, still) in zip(groups, scored):
         counters["asd_spans"] += 1
         counters["asd_frames"] += len(times)
         for number in members:
@@ -315,8 +324,8 @@ def _assign(info: VideoInfo, segments: list, visible: list[list[int]], paths: li
             for (_, _, speaker, score), lo, hi in zip(runs, edges[:-1], edges[1:]):
                 piece = audio[max(0, int((lo - times[0]) * SAMPLE_RATE)):int((hi - times[0]) * SAMPLE_RATE)]
                 decided[number].append(SpeechPart(round(lo, 3), round(hi, 3), embed(piece), ids, speaker, score))
-        counters["asd_seconds"] += time.perf_counter() - started
-    counters["asd_cpu"] = time.thread_time() + _children_cpu() - cpu_before  # this thread and its ffmpegs
+    counters["asd_seconds"] = time.perf_counter() - started
+    counters["asd_cpu"] = time.process_time() + _children_cpu() - cpu_before  # all threads (nothing else runs now)
     parts: list[SpeechPart] = []
     for number, (segment, ids) in enumerate(zip(segments, visible)):
         parts += decided.get(number, [SpeechPart(segment.start, segment.end, segment.embedding, ids, -1, 0.0)])
