@@ -20,8 +20,8 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 BATCH = 16  # chips a pass (dlib's own batch): bounds the gathered patches to about 50 MB
-_LAYERS = {b"con_4": "con", b"affine_": "affine", b"fc_2": "fc", b"input_rgb_image_sized": "input",
-           b"max_pool_2": "max_pool", b"avg_pool_2": "avg_pool"}
+# the layers that carry numbers (the pooling sizes are the network's fixed design, in `_forward`)
+_LAYERS = {b"con_4": "con", b"affine_": "affine", b"fc_2": "fc", b"input_rgb_image_sized": "input"}
 
 
 class _Reader:
@@ -31,6 +31,7 @@ class _Reader:
         self.data, self.position = data, position
 
     def integer(self) -> int:
+        """A count byte (high bit: negative) and that many little-endian bytes."""
         control = self.data[self.position]
         count = control & 0x0F
         value = int.from_bytes(self.data[self.position + 1:self.position + 1 + count], "little")
@@ -38,15 +39,18 @@ class _Reader:
         return -value if control & 0x80 else value
 
     def real(self) -> float:
+        """mantissa * 2 ** exponent, both integers."""
         mantissa = self.integer()
         return float(np.ldexp(float(mantissa), self.integer()))
 
     def string(self) -> str:
+        """A length and the bytes."""
         size = self.integer()
         self.position += size
         return self.data[self.position - size:self.position].decode()
 
     def tensor(self) -> np.ndarray:
+        """Version 2, four dimensions, then the values as raw float32 (flat)."""
         if self.integer() != 2:
             raise ValueError(f"unexpected tensor version at byte {self.position}")
         shape = [self.integer() for _ in range(4)]
@@ -56,6 +60,7 @@ class _Reader:
         return values
 
     def alias(self) -> tuple[int, ...]:
+        """The shape of a view into a layer's parameters."""
         if self.integer() != 1:
             raise ValueError(f"unexpected alias tensor version at byte {self.position}")
         return tuple(self.integer() for _ in range(4))
@@ -63,6 +68,8 @@ class _Reader:
 
 @dataclass
 class _Conv:
+    """A convolution with the affine layer after it folded in."""
+
     weight: np.ndarray   # (kh * kw * in, out): the rows in the order of the gathered patches
     bias: np.ndarray
     size: int
@@ -103,6 +110,7 @@ def _read_layers(path: Path) -> tuple[np.ndarray, list[_Conv], np.ndarray]:
 
 
 def _positions(data: bytes, pattern: bytes) -> list[int]:
+    """Every offset of `pattern` in `data`."""
     out, start = [], data.find(pattern)
     while start >= 0:
         out.append(start)
@@ -131,6 +139,7 @@ def _add_padded(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _avg_pool2(x: np.ndarray) -> np.ndarray:
+    """dlib's avg_pool<2,2,2,2>: the means of 2x2 blocks, an odd last row or column left out."""
     n, rows, cols, channels = x.shape
     rows, cols = (rows - 2) // 2 + 1, (cols - 2) // 2 + 1
     return x[:, :2 * rows, :2 * cols].reshape(n, rows, 2, cols, 2, channels).mean(axis=(2, 4))
