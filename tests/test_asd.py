@@ -173,6 +173,24 @@ def test_the_vad_in_blocks_places_each_block_at_its_own_time():
     assert agree > 0.9, agree
 
 
+def test_batched_vad_equals_silero_chunk_by_chunk():
+    import torch
+    from silero_vad import get_speech_timestamps
+
+    from search_media import sample_audio
+    from stages.media.voice_activity import _vad_model, speech_probabilities
+    audio = sample_audio()[:12 * SAMPLE_RATE + 300]  # not a whole number of chunks: the last one is padded
+    model = _vad_model()
+    model.reset_states()
+    theirs = [model(torch.from_numpy(np.pad(audio[s:s + 512], (0, max(0, s + 512 - audio.size)))), SAMPLE_RATE).item()
+              for s in range(0, audio.size, 512)]
+    ours = speech_probabilities(audio)
+    assert len(ours) == len(theirs) and np.abs(np.subtract(ours, theirs)).max() < 1e-5
+    stamps = get_speech_timestamps(torch.from_numpy(audio), model, sampling_rate=SAMPLE_RATE, threshold=0.5,
+                                   min_speech_duration_ms=250, min_silence_duration_ms=200, speech_pad_ms=30)
+    assert speech_regions(audio) == [(s["start"], s["end"]) for s in stamps] and stamps
+
+
 def test_rule_baselines_on_hand_made_frames():
     frames = np.array([0, 0, 1, 2, 2, 2])
     boxes = np.array([[0, 0, .2, .2], [0, 0, .3, .3], [0, 0, .1, .1], [0, 0, .1, .1], [0, 0, .1, .1],
