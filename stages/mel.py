@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 from stages.core.config import MelParams
 from stages.core.errors import DataError
 from stages.core.progress import Progress, Silent
 from stages.core.schemas import MELS
+from stages.core.threads import torch_threads
 from stages.media.audio_features import LogMel, log_mel_at, snippet_frames, snippet_samples
 from stages.media.shards import (
     FINGERPRINT_KEY,
@@ -165,15 +165,11 @@ def run(settings: MelParams, decoded_dir: str | Path, out_dir: str | Path, split
     began = time.perf_counter()
     jobs = planned_jobs(decoded_dir, out_dir, splits)
     progress.start(len(jobs), "mel")
-    torch_threads = torch.get_num_threads()
     # One torch thread per worker: on these small FFTs OpenMP threads lose more to waiting than they
     # gain (2 threads ran 2-5x slower than 1 on a busy 2-core machine); videos give the parallelism.
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         per_video = map_videos(jobs, lambda job: _mel_video(job[1], job[0], decoded_dir, out_dir, settings),
                                resolve_workers(settings.workers), progress)
-    finally:
-        torch.set_num_threads(torch_threads)
     seconds = time.perf_counter() - began
     merged = merge_stats(per_video)
     merged.pop("skip_examples")

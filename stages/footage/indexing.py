@@ -22,6 +22,7 @@ import pyarrow as pa
 from stages.core.atomic import check_writable
 from stages.core.errors import ApesError, DataError
 from stages.core.progress import Progress, Silent
+from stages.core.threads import torch_threads
 from stages.footage.index_store import FACES, SPEECH, entry_dir, list_column, read_entry, write_entry
 from stages.footage.settings import IndexSettings, file_digest, model_versions
 from stages.media.video_io import VideoInfo, probe
@@ -150,7 +151,6 @@ class _Analysis:
 def _analyse(info: VideoInfo, settings: IndexSettings, tick: Callable[[float], None]) -> _Analysis:
     """The face pass (ffmpeg, then dlib on stages.footage.face_pass.DETECT_THREADS threads) and the soundtrack on a
     thread of its own."""
-    import torch  # only now: a reused index needs none of the models
     from threadpoolctl import threadpool_limits
 
     from stages.footage.face_embedding import face_embedder
@@ -165,16 +165,14 @@ def _analyse(info: VideoInfo, settings: IndexSettings, tick: Callable[[float], N
     audio = _AudioThread(info, source.cuts_known, voice.embed_segment)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     main_cpu = time.thread_time()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    audio.start()
-    try:
-        with threadpool_limits(1):  # the face network's BLAS: the cores are busy with the detection threads
-            faces = FacePass(source, settings, embedder).run(tick, info.duration or 0.0)
-    finally:
-        source.finish()
-        audio.join()
-        torch.set_num_threads(threads)
+    with torch_threads(1):
+        audio.start()
+        try:
+            with threadpool_limits(1):  # the face network's BLAS: the cores are busy with the detection threads
+                faces = FacePass(source, settings, embedder).run(tick, info.duration or 0.0)
+        finally:
+            source.finish()
+            audio.join()
     faces_seconds = time.perf_counter() - started
     main_cpu = time.thread_time() - main_cpu
     after = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -14,6 +14,7 @@ concatenated. The tracklets are exactly those `evaluate` ranks (stages.learning.
 from __future__ import annotations
 
 from concurrent import futures
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ import pyarrow.parquet as pq
 from stages.core.choices import Modality, Task
 from stages.core.errors import DataError
 from stages.core.progress import Progress, Silent
+from stages.core.threads import torch_threads
 from stages.footage.face_embedding import DlibFaceEmbedder
 from stages.media.shards import audio_path, metadata, plan_path, shard_path
 
@@ -54,7 +56,7 @@ def face_embeddings(crops_dir: str | Path, mels_dir: str | Path | None, split: s
     progress.start(len(store.crops), f"dlib descriptors ({split} {task})")
     embedder = DlibFaceEmbedder()
     with threadpool_limits(1), futures.ThreadPoolExecutor(workers) as pool:
-        for (lo, crops), descriptors in zip(blocks, pool.map(_describe, [embedder] * len(blocks),
+        for (lo, crops), descriptors in zip(blocks, pool.map(partial(_describe, embedder),
                                                              [crops for _, crops in blocks])):
             np.add.at(total, owner[lo:lo + len(crops)], descriptors)
             progress.advance(len(crops))
@@ -67,8 +69,6 @@ def voice_embeddings(crops_dir: str | Path, mels_dir: str | Path, decoded_dir: s
     """Default-embedder voice embeddings of the speech of each tracklet (tracklets without speech: an error), on
     `workers` threads of one torch thread each: CAM++ on one 7 s segment is too small a job for two torch threads
     (they took 1.3x the time of one), so the segments are shared out instead; the index runs it on one too."""
-    import torch
-
     from stages.footage.voice_embedders import voice_embedder
     from stages.learning.embed import embeddings_table
     from stages.learning.tracklets import load_tracklets
@@ -81,18 +81,13 @@ def voice_embeddings(crops_dir: str | Path, mels_dir: str | Path, decoded_dir: s
         rows.setdefault(video, []).append(row)
     entities = tracklets["entity_id"].to_pylist()
     progress.start(tracklets.num_rows, f"{embedder.name} voice embeddings ({split} {task})")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with futures.ThreadPoolExecutor(workers, thread_name_prefix="apes-voice") as pool:
-            for video, members in rows.items():
-                speech = _tracklet_speech(mels_dir, decoded_dir, split, video, [entities[row] for row in members],
-                                          max_snippets)
-                for row, embedding in zip(members, pool.map(embedder.embed_segment, speech)):
-                    out[row] = embedding
-                    progress.advance()
-    finally:
-        torch.set_num_threads(threads)
+    with torch_threads(1), futures.ThreadPoolExecutor(workers, thread_name_prefix="apes-voice") as pool:
+        for video, members in rows.items():
+            speech = _tracklet_speech(mels_dir, decoded_dir, split, video, [entities[row] for row in members],
+                                      max_snippets)
+            for row, embedding in zip(members, pool.map(embedder.embed_segment, speech)):
+                out[row] = embedding
+                progress.advance()
     return embeddings_table(tracklets, out)
 
 
