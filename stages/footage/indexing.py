@@ -122,7 +122,9 @@ class _AudioThread(threading.Thread):
         from stages.footage.speech import analyze_audio
         begun, begun_cpu = time.perf_counter(), time.thread_time()
         try:
-            self.result = analyze_audio(self.info, self.cuts_known, embed=self.embed)
+            # torch (1.5 s to import) loads here, beside the face pass, not before it on the main thread
+            with torch_threads(1):
+                self.result = analyze_audio(self.info, self.cuts_known, embed=self.embed)
         except BaseException as error:  # noqa: BLE001 - handed to the main thread
             self.error = error
         self.seconds, self.cpu = time.perf_counter() - begun, time.thread_time() - begun_cpu
@@ -165,14 +167,13 @@ def _analyse(info: VideoInfo, settings: IndexSettings, tick: Callable[[float], N
     audio = _AudioThread(info, source.cuts_known, voice.embed_segment)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     main_cpu = time.thread_time()
-    with torch_threads(1):
-        audio.start()
-        try:
-            with threadpool_limits(1):  # the face network's BLAS: the cores are busy with the detection threads
-                faces = FacePass(source, settings, embedder).run(tick, info.duration or 0.0)
-        finally:
-            source.finish()
-            audio.join()
+    audio.start()
+    try:
+        with threadpool_limits(1):  # the face network's BLAS: the cores are busy with the detection threads
+            faces = FacePass(source, settings, embedder).run(tick, info.duration or 0.0)
+    finally:
+        source.finish()
+        audio.join()
     faces_seconds = time.perf_counter() - started
     main_cpu = time.thread_time() - main_cpu
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -267,10 +268,8 @@ def _speakers(info: VideoInfo, segments: list, tracks: list,
 
 
 def _worker(video: str, settings: IndexSettings, index_dir: str) -> tuple[str, Any]:
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # read by torch when the audio thread imports it
     try:
-        import torch
-        torch.set_num_threads(1)
         return "ok", build_entry(video, settings, index_dir)
     except ApesError as error:  # DataError does not survive pickling: send the message
         return "error", str(error)

@@ -34,12 +34,12 @@ def square_boxes(boxes: np.ndarray, width: int, height: int, margin: float) -> t
 
 
 def square_of(plane: np.ndarray, left: int, top: int, side: int, fill: int) -> np.ndarray:
-    """The square [left, left+side) x [top, top+side) of one plane, `fill` outside it."""
-    height, width = plane.shape
+    """The square [left, left+side) x [top, top+side) of one plane (or of an image's channels), `fill` outside it."""
+    height, width = plane.shape[:2]
     x0, y0, x1, y1 = max(left, 0), max(top, 0), min(left + side, width), min(top + side, height)
     if x0 == left and y0 == top and x1 == left + side and y1 == top + side:
         return plane[top:top + side, left:left + side]
-    region = np.full((side, side), fill, np.uint8)
+    region = np.full((side, side) + plane.shape[2:], fill, np.uint8)
     if x1 > x0 and y1 > y0:
         region[y0 - top:y1 - top, x0 - left:x1 - left] = plane[y0:y1, x0:x1]
     return region
@@ -64,6 +64,6 @@ def crop_rgb(rgb: np.ndarray, box: np.ndarray, size: int, margin: float) -> np.n
     normalised = np.asarray(box, np.float64).reshape(1, 4) / np.array([width, height, width, height])
     squares, _ = square_boxes(normalised, width, height, margin)
     left, top, side = (int(value) for value in squares[0])
-    channels = [resize_square(square_of(np.ascontiguousarray(rgb[:, :, c]), left, top, side, BLACK_RGB), size)
-                for c in range(rgb.shape[2])]
+    square = square_of(rgb, left, top, side, BLACK_RGB)  # the square first: the frame's channels are not copied
+    channels = [resize_square(np.ascontiguousarray(square[:, :, c]), size) for c in range(rgb.shape[2])]
     return np.ascontiguousarray(np.stack(channels, axis=2))
