@@ -463,6 +463,17 @@ def test_numpy_face_network_equals_dlibs_own_descriptor() -> None:
     assert np.allclose(DlibFaceEmbedder().embed(chips[2:3]), theirs[2:3], atol=1e-5)  # alone as in a batch
 
 
+def test_copied_detector_finds_what_dlibs_own_finds() -> None:
+    import dlib
+
+    from stages.footage.detection import _new_detector
+    grey = cv2.imread(str(FIXTURES / "group-photo-6-faces.jpg"), cv2.IMREAD_GRAYSCALE)
+    found = [detector.run(grey, 1, -0.5) for detector in (dlib.get_frontal_face_detector(), _new_detector())]
+    boxes = [[(r.left(), r.top(), r.right(), r.bottom()) for r in rects] for rects, _, _ in found]
+    assert len(boxes[0]) >= 6 and boxes[0] == boxes[1]
+    assert found[0][1] == found[1][1] and found[0][2] == found[1][2]  # scores and which of its 5 filters
+
+
 def test_numpy_voice_encoder_equals_resemblyzers_torch_model() -> None:
     import torch
     from resemblyzer import preprocess_wav
