@@ -10,14 +10,17 @@ from __future__ import annotations
 import warnings
 from itertools import pairwise
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import pyarrow as pa
-import torch
 
 from stages.core.errors import DataError
 from stages.media.shards import binary_to_array
+
+if TYPE_CHECKING:  # torch only for JPEG shards: raw crops (the default) are read without its 1.5-2 s import
+    import torch
 
 RAW = "raw_rgb_uint8"
 JPEG = "jpeg"
@@ -27,6 +30,7 @@ DECODE_BATCH = 4096  # crops per decode_jpeg call: bounds the list of small tens
 
 def default_device() -> torch.device:
     """Where JPEG crops are decoded when the caller does not say: the GPU when CUDA is there."""
+    import torch
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -51,6 +55,7 @@ def crop_size(meta: dict[str, str], path: str | Path) -> int:
 
 def _jpeg_items(column: pa.ChunkedArray | pa.Array, path: str | Path) -> list[torch.Tensor]:
     """Each JPEG of a binary column as a uint8 tensor (views of one copy of the column's bytes)."""
+    import torch
     items: list[torch.Tensor] = []
     for chunk in column.chunks if isinstance(column, pa.ChunkedArray) else [column]:
         if len(chunk) == 0:
@@ -67,6 +72,7 @@ def _jpeg_items(column: pa.ChunkedArray | pa.Array, path: str | Path) -> list[to
 def decode_jpegs(column: pa.ChunkedArray | pa.Array, size: int, path: str | Path,
                  device: torch.device | str | None = None) -> torch.Tensor:
     """A binary column of JPEG crops -> (N, 3, size, size) uint8 on `device` (default: CUDA when there)."""
+    import torch
     from torchvision.io import ImageReadMode, decode_jpeg  # only JPEG shards need it: its import costs ~1.5 s
     device = torch.device(device) if device is not None else default_device()
     items = _jpeg_items(column, path)
