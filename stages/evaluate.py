@@ -7,14 +7,14 @@ Three sources of embeddings here, one metric code (stages.evaluation):
 - none: the exact expected metrics of a uniformly random ranking of the val tracklets (`run_random`).
 The fourth, the pretrained off-the-shelf embedders, is its own stage (stages/evaluate_pretrained.py), so that only
 its DVC stages depend on the search code that holds them. Each function returns the metrics; the command writes them.
+torch and the networks load only where a network runs: the Random row and an embeddings file start without them.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from stages.core.atomic import write_parquet
 from stages.core.choices import Method
@@ -23,9 +23,10 @@ from stages.core.errors import DataError
 from stages.core.runs import Run
 from stages.evaluation.embeddings import embeddings_from_table, read_embeddings, score
 from stages.evaluation.ranking import random_metrics
-from stages.learning.embed import embed_tracklets
-from stages.learning.models import Embedder, build_model, load_checkpoint
 from stages.learning.tracklets import load_tracklets
+
+if TYPE_CHECKING:
+    from stages.learning.models import Embedder
 
 
 def run_embeddings_file(path: str | Path) -> dict:
@@ -53,6 +54,9 @@ def run_random(crops_dir: str | Path, mels_dir: str | Path, task: str) -> dict:
 
 def _model_for(spec: Run, models_dir: Path, untrained_normalize: bool) -> tuple[Embedder, str, int]:
     """The run's trained checkpoint (with the seed it was trained with), or the network with seeded random weights."""
+    import torch
+
+    from stages.learning.models import build_model, load_checkpoint
     if spec.sampling is None:
         torch.manual_seed(spec.seed)
         return build_model(spec.modality, normalize=untrained_normalize), "random weights", spec.seed
@@ -70,6 +74,9 @@ def run(settings: EvaluateParams, spec: Run, crops_dir: str | Path, mels_dir: st
         out_dir: str | Path, *, precision: str, untrained_normalize: bool) -> dict:
     """Embed the task's val tracklets with the run's network (trained, or seeded random weights when
     `spec.sampling` is None), rank them, write <out_dir>/<run>.parquet; returns the metrics."""
+    import torch
+
+    from stages.learning.embed import embed_tracklets
     started = time.perf_counter()
     model, origin, seed = _model_for(spec, Path(models_dir), untrained_normalize)
     if torch.cuda.is_available():
