@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -245,3 +247,12 @@ def test_random_row_is_the_exact_expectation_over_the_task_tracklets(tmp_path, s
             identities = identities[:6] + ["vidA-p0"] + identities[6:] + ["vidB-p0"]
         want = random_metrics(videos, identities)
         assert metrics["mAP"] == pytest.approx(want["mAP"]) and metrics["tracklets"] == 2 * per_video
+
+
+def test_stages_that_run_no_network_start_without_torch() -> None:
+    """torch's import is 1.5-2 s of every stage process that loads it: the ones that need no network must not."""
+    code = ("import sys; import stages.crop, stages.report, stages.evaluate, stages.triplets, stages.decode, "
+            "stages.download, stages.asd, stages.evaluate_pretrained; print('torch' in sys.modules)")
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           cwd=Path(__file__).resolve().parents[1])
+    assert found.stdout.strip() == "False"
