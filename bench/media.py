@@ -26,11 +26,11 @@ from pathlib import Path
 import librosa
 import numpy as np
 import pyarrow.parquet as pq
-import torch
 from threadpoolctl import threadpool_limits
 
 from stages import crop, decode, mel
 from stages.core.config import CropParams, DecodeParams, MelParams
+from stages.core.threads import torch_threads
 from stages.media.audio_features import LogMel, log_mel_at, snippet_samples
 from stages.media.crop_codec import decode_crops
 from stages.media.shards import metadata
@@ -146,12 +146,8 @@ def mel_rows(work: Path) -> list[tuple[str, str, float]]:
             np.log(power + 1e-6)
 
     def features_alone() -> None:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # as the mel stage runs it
-        try:
+        with torch_threads(1):  # as the mel stage runs it
             log_mel_at(transform, audio, offsets, length)
-        finally:
-            torch.set_num_threads(threads)
 
     (ours, _), (features, _), (baseline_s, _) = best_of(stage, features_alone, librosa_loop)
     count = len(offsets)
