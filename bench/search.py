@@ -282,7 +282,8 @@ def run(seconds: float, count: int, work: Path, face_rate: float = 2.0) -> dict:
             results = search(videos, work / f"out{person}{modality}", settings, index_dir, **{flag: query})
             query_times.append(time.perf_counter() - started)
             for hit in results["hits"]:
-                if hit["modality"] != modality:  # a face query's `speaking` and enrolled `voice` hits: bench.asd's
+                # a face query's `speaking` and enrolled `voice` hits are scored by bench.asd, not here
+                if hit["modality"] != modality:
                     continue
                 video = Path(hit["video"])
                 truth = truths[videos.index(video)]
