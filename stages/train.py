@@ -25,7 +25,7 @@ import torch.distributed as dist
 from stages.core.atomic import atomic_path
 from stages.core.choices import CrossmodalInit, Device, Modality, Profile
 from stages.core.config import TrainParams
-from stages.core.errors import ApesError, DataError
+from stages.core.errors import ApesError, ConfigError, DataError
 from stages.core.progress import Progress, Silent
 from stages.core.runs import Run
 from stages.evaluation.ranking import ranking_metrics
@@ -33,7 +33,14 @@ from stages.learning.datasets import Store, crop_geometry, load_store
 from stages.learning.embed import embed_store, use_bf16
 from stages.learning.feed import Feed
 from stages.learning.losses import TripletLoss
-from stages.learning.models import Embedder, build_model, checkpoint_payload, start_stream_from
+from stages.learning.models import (
+    Embedder,
+    build_model,
+    checkpoint_payload,
+    LAST_STAGE_STRIDE,
+    one_column_at_last_stage,
+    start_stream_from,
+)
 from stages.learning.pool import STREAMS
 from stages.learning.samplers import PKSampler, TripletSampler
 from stages.learning.strategies import strategy_named
@@ -364,6 +371,21 @@ def load_data(settings: TrainParams, spec: Run, loss: TripletLoss, crops_dir: st
         raise TrainingError(f"run {spec.name}: {error}") from None
 
 
+def check_bf16_widths(store: Store, spec: Run, device: torch.device, bf16: bool) -> None:
+    """Refuse bf16 training on a CPU for inputs too narrow for PyTorch's bf16 conv backward there
+    (`one_column_at_last_stage`): its gradients would be garbage, not just rounded."""
+    if not bf16 or device.type != "cpu":
+        return
+    widths = {"crops": ("face crops", store.crops.shape[2], "px", "crop.size"),
+              "mels": ("voice snippets", store.mels.shape[2], "frames", "mel.snippet_seconds")}
+    for stream in STREAMS[spec.modality]:
+        what, width, unit, setting = widths[stream]
+        if one_column_at_last_stage(width):
+            raise ConfigError("train.precision", f"run {spec.name}: the {what} are {width} {unit} wide, and bf16 on "
+                              f"a CPU computes wrong gradients (sometimes NaN) for inputs of {LAST_STAGE_STRIDE} "
+                              f"{unit} or fewer; set train.precision to fp32 or auto, or widen {setting}")
+
+
 def batch_size(train: TrainParams) -> int:
     """Images (or face+voice pairs) a step: the paper's batch for its profiles, params.yaml's otherwise."""
     return PAPER_BATCH if train.profile in SCHEDULES else train.batch_size
@@ -444,6 +466,7 @@ def run(settings: TrainParams, spec: Run, crops_dir: str | Path, mels_dir: str |
         deviations.append("the cross-modal streams start from the face and voice runs (train.crossmodal_init)")
     if deviations and world.leader:
         log.warning("warning: run %s departs from profile %s: %s", spec.name, settings.profile, "; ".join(deviations))
+    check_bf16_widths(data.store, spec, world.device, use_bf16(world.device, settings.precision))
     trainer = Trainer(settings, spec, data.schedule, world, start_from, loss)
     signed = signature(settings, spec, data, loss, world, start_from)
     run_dir = models_dir / spec.name

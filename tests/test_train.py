@@ -39,7 +39,7 @@ from stages.learning.datasets import crops_to_tensor, load_store, mels_to_tensor
 from stages.learning.embed import autocast, embed_store, embed_tracklets, use_bf16
 from stages.learning.feed import Feed, fits_on
 from stages.learning.losses import TripletLoss
-from stages.learning.models import build_model, load_checkpoint
+from stages.learning.models import build_model, load_checkpoint, one_column_at_last_stage
 from stages.learning.pool import STREAMS
 from stages.learning.resnet import ResNet18
 from stages.learning.tracklets import read_tracklet_table
@@ -357,6 +357,24 @@ def test_metrics_name_the_machine_and_auto_precision_is_fp32_on_every_cpu(data: 
         flags = {w for line in cpuinfo.read_text().splitlines() if line.startswith("flags") for w in line.split()}
         assert set(facts["cpu_flags"]) == flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}
     assert "gpu" not in facts and metrics["feed"] == "resident" and metrics["compile"] is False
+
+
+def test_bf16_on_a_cpu_refuses_inputs_its_conv_backward_gets_wrong(data: dict[str, Path]) -> None:
+    # torch 2.14.1's oneDNN bf16 backward fills the weight gradient of a strided 3x3 conv on one-column inputs
+    # with uninitialised memory; these inputs reach ResNet-18's last stage one column wide
+    assert [one_column_at_last_stage(w) for w in (1, 12, 16, 17, 20, 64)] == [True, True, True, False, False, False]
+    store = load_store(data["crops"], data["mels"], "train", "seen_heard", ("crops", "mels"))
+    narrow = dataclasses.replace(store, mels=store.mels[:, :, :12])
+    spec = Run("crossmodal", "within", "seen_heard", 0)
+    with pytest.raises(ConfigError, match=r"train.precision: run crossmodal_within_seen_heard: the voice snippets are "
+                                          r"12 frames wide.*mel.snippet_seconds"):
+        stage.check_bf16_widths(narrow, spec, torch.device("cpu"), bf16=True)
+    stage.check_bf16_widths(narrow, spec, torch.device("cpu"), bf16=False)
+    stage.check_bf16_widths(narrow, Run("face", "within", "seen_heard", 0), torch.device("cpu"), bf16=True)
+    stage.check_bf16_widths(store, spec, torch.device("cpu"), bf16=True)
+    with pytest.raises(ConfigError, match="the face crops are 16 px wide.*crop.size"):
+        stage.check_bf16_widths(dataclasses.replace(store, crops=store.crops[:, :16, :16]), spec,
+                                torch.device("cpu"), bf16=True)
 
 
 @pytest.mark.parametrize("modality, mining", [("face", "none"), ("crossmodal", "batch_hard")])

@@ -25,7 +25,7 @@ from stages.rawdata.layout import AMBIGUOUS
 
 SIZE = 32
 PRECISION = os.environ.get("APES_TEST_PRECISION", "auto")  # train.precision of the training tests (fp32, bf16, auto)
-N_MELS, FRAMES = 16, 12
+N_MELS, FRAMES = 16, 20  # 20 frames: bf16 training on a CPU needs inputs over 16 wide (models.LAST_STAGE_STRIDE)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ CHECKPOINT_FORMAT = "apes-model-1"
 TORCHVISION_RESNET18 = "resnet18-f37072fd.pth"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+LAST_STAGE_STRIDE = 16  # ResNet-18's downsampling of its input before the last (strided) stage
 
 
 def _trunk(in_channels: int) -> nn.Module:
@@ -94,6 +95,16 @@ class Embedder(nn.Module):
         if self.project is not None:
             out["joint"] = self.joint(out["face"], out["voice"])
         return out
+
+
+def one_column_at_last_stage(width: int) -> bool:
+    """Whether inputs `width` wide reach ResNet-18's last strided 3x3 conv one column wide.
+
+    There PyTorch's oneDNN bf16 backward on the CPU (torch 2.14.1) reads uninitialised memory into the weight
+    gradient's off-centre taps, which only ever see padding: gradients that differ from process to process and
+    now and then are NaN. fp32 and CUDA compute them exactly (zero).
+    """
+    return -(-width // LAST_STAGE_STRIDE) == 1
 
 
 def build_model(modality: str, normalize: bool = False, pretrained: str = "") -> Embedder:
