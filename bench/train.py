@@ -47,7 +47,8 @@ from stages.learning.tracklets import (
 )
 from stages.media.shards import with_metadata
 from stages.learning.losses import TripletLoss
-from stages.train import Schedule, Trainer, World
+from stages.learning.trainer import Schedule, Trainer
+from stages.learning.world import World
 from stages.train import run as train
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))

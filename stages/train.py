@@ -3,29 +3,24 @@
 Outputs (rank 0 only): models/<run>/last.pt after each epoch but the last (resume), then model.pt, and the
 per-epoch history TSV (epoch, loss, val_mAP, seconds) for dvc plots; `run` returns the metrics.
 A batch is a pure function of (seed, epoch, step), so `resume` replays an interrupted epoch exactly.
+The step itself is `stages/learning/trainer.py`; the process's rank and device `stages/learning/world.py`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
-import platform
-import random
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.distributed as dist
 
 from stages.core.atomic import atomic_path
 from stages.core.choices import CrossmodalInit, Device, Modality, Profile
 from stages.core.config import TrainParams
-from stages.core.errors import ApesError, ConfigError, DataError
+from stages.core.errors import ConfigError, DataError
 from stages.core.progress import Progress, Silent
 from stages.core.runs import Run
 from stages.evaluation.ranking import ranking_metrics
@@ -33,18 +28,13 @@ from stages.learning.datasets import Store, crop_geometry, load_store
 from stages.learning.embed import embed_store, use_bf16
 from stages.learning.feed import Feed
 from stages.learning.losses import TripletLoss
-from stages.learning.models import (
-    Embedder,
-    build_model,
-    checkpoint_payload,
-    LAST_STAGE_STRIDE,
-    one_column_at_last_stage,
-    start_stream_from,
-)
+from stages.learning.models import LAST_STAGE_STRIDE, Embedder, checkpoint_payload, one_column_at_last_stage
 from stages.learning.pool import STREAMS
 from stages.learning.samplers import PKSampler, TripletSampler
 from stages.learning.strategies import strategy_named
 from stages.learning.tracklets import read_tracklet_table
+from stages.learning.trainer import Progression, Schedule, Trainer, TrainingError, seed_everything
+from stages.learning.world import World, join_world, machine
 
 # lr, epochs, StepLR step (x0.1) per modality; sources in docs/training.md
 SCHEDULES = {
@@ -54,68 +44,7 @@ SCHEDULES = {
 }
 PAPER_BATCH = 3 * 128  # 128 triplets a step: the authors' code (the paper gives no batch size)
 PAPER_CROP = 124  # face crop side of section 4.1
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")  # the ones that change CPU kernels (and so results)
 log = logging.getLogger(__name__)
-
-
-class TrainingError(ApesError):
-    """A run that cannot start or cannot go on (no anchors, NaN loss, mismatched resume)."""
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """What the profile resolves to for one run."""
-
-    lr: float
-    epochs: int
-    step_epochs: int
-    batch_size: int
-    steps_per_epoch: int
-
-
-@dataclass(frozen=True)
-class World:
-    """This process's place under torchrun (rank 0 of 1 when launched plainly) and its device."""
-
-    rank: int
-    size: int
-    device: torch.device
-
-    @property
-    def leader(self) -> bool:
-        """Rank 0 validates and writes."""
-        return self.rank == 0
-
-    def mean(self, value: torch.Tensor) -> torch.Tensor:
-        """The mean of a scalar over the ranks."""
-        if self.size > 1:
-            dist.all_reduce(value)
-            value /= self.size
-        return value
-
-    def barrier(self) -> None:
-        """Wait for every rank."""
-        if self.size > 1:
-            dist.barrier()
-
-    def close(self) -> None:
-        """Wait for every rank, then leave the process group (DDP teardown)."""
-        if self.size > 1:
-            dist.barrier()
-            dist.destroy_process_group()
-
-
-@dataclass
-class Progression:
-    """Where a run stands: the next epoch, the epochs done so far and the seconds they took."""
-
-    first_epoch: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
-
-    @property
-    def seconds_before(self) -> float:
-        """Wall seconds of the epochs done before this process started."""
-        return self.history[-1]["seconds"] if self.history else 0.0
 
 
 def resolve_schedule(train: TrainParams, modality: str, anchors: int) -> Schedule:
@@ -125,61 +54,6 @@ def resolve_schedule(train: TrainParams, modality: str, anchors: int) -> Schedul
         return Schedule(lr, epochs, step, PAPER_BATCH, max(1, math.ceil(anchors / (PAPER_BATCH // 3))))
     optim = train.optim(modality)
     return Schedule(optim.lr, optim.epochs, optim.step_epochs, train.batch_size, train.steps_per_epoch)
-
-
-def select_device(setting: Device | str, local_rank: int = 0) -> torch.device:
-    """auto: CUDA when available, else CPU; asking for CUDA without one is an error."""
-    setting = Device(setting)
-    if setting is Device.cuda and not torch.cuda.is_available():
-        raise TrainingError("--device cuda asked for, but no CUDA device is visible")
-    if setting is Device.cpu or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", local_rank)
-
-
-def join_world(device: Device | str, threads: int) -> World:
-    """Read torchrun's environment, pick the device, join the process group, and share the threads."""
-    rank, size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    dev = select_device(device, int(os.environ.get("LOCAL_RANK", "0")))
-    if size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    torch.set_num_threads(max(1, threads // int(os.environ.get("LOCAL_WORLD_SIZE", size))))
-    return World(rank, size, dev)
-
-
-def machine(device: torch.device, bf16: bool) -> dict[str, Any]:
-    """Where the numbers came from: device, precision, CPU model, torch's CPU kernel level and flags, GPU."""
-    cpu, flags = platform.processor() or platform.machine(), set()
-    info = Path("/proc/cpuinfo")
-    for line in info.read_text().splitlines() if info.is_file() else []:
-        name, _, value = line.partition(":")
-        if name.strip() == "model name":
-            cpu = value.strip()
-        elif name.strip() == "flags":
-            flags = set(value.split())
-    facts = {"device": device.type, "precision": "bf16" if bf16 else "fp32", "cpu": cpu,
-             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-             "cpu_flags": [flag for flag in CPU_FLAGS if flag in flags], "torch": torch.__version__}
-    if device.type == "cuda":
-        facts["gpu"] = torch.cuda.get_device_name(device)
-    return facts
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def _rng_states() -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-
-
-def _restore_rng(states: dict[str, Any]) -> None:
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
-    torch.set_rng_state(states["torch"])
 
 
 def make_sampler(store: Store, spec: Run, loss: TripletLoss, batch_size: int,
@@ -213,14 +87,6 @@ def validation_due(epoch: int, epochs: int, every: int) -> bool:
     return epoch + 1 == epochs or (every > 0 and (epoch + 1) % every == 0)
 
 
-def _write_history(path: Path, history: list[dict[str, float]]) -> None:
-    """The dvc-plots TSV, rewritten whole (atomically) after each epoch."""
-    lines = ["epoch\tloss\tval_mAP\tseconds"]
-    lines += [f"{r['epoch']}\t{r['loss']:.6f}\t{r['val_mAP']:.4f}\t{r['seconds']:.2f}" for r in history]
-    with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
-
-
 def _save(path: Path, payload: dict[str, Any]) -> None:
     # through a file object: given a path, torch.save names the archive's folder after the (random) temp
     # name, and the same weights would give other bytes, and another DVC hash, on every run
@@ -228,84 +94,12 @@ def _save(path: Path, payload: dict[str, Any]) -> None:
         torch.save(payload, file)
 
 
-class Trainer:
-    """The model, its loss, optimiser and scheduler, and one epoch of triplet training (voxceleb_trainer style)."""
-
-    def __init__(self, train: TrainParams, spec: Run, schedule: Schedule, world: World, start_from: dict[str, Path],
-                 loss: TripletLoss) -> None:
-        self.spec, self.world, self.loss = spec, world, loss
-        self.bf16 = use_bf16(world.device, train.precision)
-        self.model = build_model(spec.modality, train.normalize, train.pretrained)
-        for stream, checkpoint in start_from.items():
-            start_stream_from(self.model, stream, checkpoint)
-        self.model = self.model.to(world.device)
-        self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=schedule.lr)
-        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=schedule.step_epochs, gamma=0.1)
-        self.net: torch.nn.Module = self.model
-        if world.size > 1:
-            ids = [world.device.index] if world.device.type == "cuda" else None
-            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        if train.compile:
-            self.net = torch.compile(self.net)
-
-    def train_epoch(self, batches: Iterator[tuple[tuple[int, int], dict[str, torch.Tensor]]],
-                    progress: Progress) -> tuple[float, int]:
-        """One epoch of steps; returns the mean loss and the samples seen (all ranks).
-
-        On CUDA the losses are read back once, at the end of the epoch: a read per step would make the CPU wait
-        for the GPU and leave it idle while the next batch is planned.
-        """
-        self.model.train()
-        step_losses: list[torch.Tensor] = []
-        samples, first = 0, (0, 0)
-        for (epoch, step), inputs in batches:
-            first = first if step_losses else (epoch, step)
-            inputs = {k: v.to(self.world.device, non_blocking=True) for k, v in inputs.items()}
-            with torch.autocast(self.world.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                loss = self.loss(self.net(crops=inputs.get("crops"), mels=inputs.get("mels")), inputs)
-            step_losses.append(self.world.mean(loss.detach().float()))
-            if self.world.device.type != "cuda":
-                self._check_finite(step_losses[-1].view(1), (epoch, step))
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            samples += len(next(iter(inputs.values()))) * self.world.size
-            progress.advance()
-        values = torch.stack(step_losses).cpu()
-        self._check_finite(values, first)
-        self.scheduler.step()
-        return float(np.mean(values.double().numpy())), samples
-
-    def _check_finite(self, values: torch.Tensor, first: tuple[int, int]) -> None:
-        """Stop at the first NaN or infinite loss of consecutive steps from `first`, naming its epoch and step."""
-        bad = torch.nonzero(~torch.isfinite(values)).flatten()
-        if len(bad):
-            epoch, step = first[0], first[1] + int(bad[0])
-            raise TrainingError(f"run {self.spec.name}: the loss became {values[bad[0]].item()} at epoch {epoch + 1}, "
-                                f"step {step + 1}; lower train.{self.spec.modality}.lr, set train.precision: fp32, "
-                                "or look for NaN/inf in the inputs")
-
-    def state(self, epoch: int, history: list[dict[str, float]], signature: dict[str, Any],
-              meta: dict[str, Any]) -> dict[str, Any]:
-        """What last.pt holds: everything `resume` needs to continue to the same result."""
-        return {"model": checkpoint_payload(self.model, meta), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "epoch": epoch, "history": history,
-                "rng": _rng_states(), "signature": signature}
-
-    def resume(self, last: Path, signature: dict[str, Any]) -> Progression:
-        """Continue from last.pt when it exists and was written with the same settings."""
-        if not last.is_file():
-            return Progression()
-        state = torch.load(last, map_location="cpu", weights_only=False)
-        if state["signature"] != signature:
-            raise TrainingError(f"{last} was written by a run with other settings; drop --resume to start over "
-                                f"(saved {state['signature']}, now {signature})")
-        self.model.load_state_dict(state["model"]["state_dict"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        _restore_rng(state["rng"])
-        return Progression(state["epoch"], state["history"])
+def _write_history(path: Path, history: list[dict[str, float]]) -> None:
+    """The dvc-plots TSV, rewritten whole (atomically) after each epoch."""
+    lines = ["epoch\tloss\tval_mAP\tseconds"]
+    lines += [f"{r['epoch']}\t{r['loss']:.6f}\t{r['val_mAP']:.4f}\t{r['seconds']:.2f}" for r in history]
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
 
 
 @dataclass(frozen=True)
@@ -458,7 +252,7 @@ def run(settings: TrainParams, spec: Run, crops_dir: str | Path, mels_dir: str |
                                                 models_dir), Path(history_path), eval_batch_size, device, progress)
     started = time.perf_counter()
     world = join_world(device, settings.threads)
-    _seed_everything(spec.seed)
+    seed_everything(spec.seed)
     loss = run_loss(settings, spec)
     data = load_data(settings, spec, loss, crops_dir, mels_dir, triplets_dir)
     deviations = data.deviations(settings.profile, settings.pretrained)

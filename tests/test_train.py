@@ -43,15 +43,9 @@ from stages.learning.models import build_model, load_checkpoint, one_column_at_l
 from stages.learning.pool import STREAMS
 from stages.learning.resnet import ResNet18
 from stages.learning.tracklets import read_tracklet_table
-from stages.train import (
-    Schedule,
-    Trainer,
-    TrainingError,
-    World,
-    make_sampler,
-    resolve_schedule,
-    validation_due,
-)
+from stages.learning.trainer import Schedule, Trainer, TrainingError
+from stages.learning.world import World
+from stages.train import make_sampler, resolve_schedule, validation_due
 from stages.train import run as train
 from stages.triplets import run as triplets
 
