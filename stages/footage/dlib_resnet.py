@@ -90,7 +90,7 @@ def _read_layers(path: Path) -> tuple[np.ndarray, list[_Conv], np.ndarray]:
             means = np.array([reader.real() for _ in range(3)], np.float32)
         elif kind == "con":
             params = reader.tensor()
-            filters, rows, cols = reader.integer(), reader.integer(), reader.integer()
+            filters, rows, _ = reader.integer(), reader.integer(), reader.integer()  # rows == cols
             stride, _, padding, _ = (reader.integer() for _ in range(4))
             shape = reader.alias()
             weight = params[:int(np.prod(shape))].reshape(shape)  # (out, in, rows, cols)
