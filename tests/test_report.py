@@ -14,8 +14,9 @@ from typer.testing import CliRunner
 
 from apes_cli.main import app
 from stages.evaluation.figures import pick_queries
+from stages.evaluation.tables import COLUMNS, PAPER
 from stages.media.shards import with_metadata
-from stages.report import COLUMNS, MISSING, PAPER
+from stages.report import MISSING
 
 runner = CliRunner()
 

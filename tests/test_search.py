@@ -23,7 +23,7 @@ import pytest
 from typer.testing import CliRunner
 
 from apes_cli.main import app
-from stages.report import COLUMNS
+from stages.evaluation.tables import COLUMNS
 from stages.footage.association import associate
 from stages.footage.frames import CutFinder
 from stages.footage.tracking import Detection, Tracker
