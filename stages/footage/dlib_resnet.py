@@ -2,7 +2,7 @@
 
 dlib's own forward pass takes about 100 ms a chip on one core here and holds the GIL throughout, so the face
 pass's detection threads wait while it runs. The same ResNet as matrix products over gathered patches
-(numpy's BLAS, which lets go of the GIL) gives the same descriptors to about 1e-5 (tests/test_search.py) in a
+(numpy's BLAS, which lets go of the GIL) gives the same descriptors to about 1e-5 (tests/test_reimplementations.py) in a
 fraction of the time (docs/search.md). The weights are read from dlib's serialisation of the network: layers
 in input-to-output order, each with a version string (`con_4`, `affine_`, `fc_2`, ...); integers as a count
 byte (high bit: sign) and that many little-endian bytes; strings as such a count and the bytes; tensors as

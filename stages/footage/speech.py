@@ -109,7 +109,7 @@ def _mel(audio: np.ndarray) -> np.ndarray:
     """Resemblyzer's input: 40 mel power bands, 25 ms windows every 10 ms (frames x 40).
 
     The same numbers as resemblyzer.audio.wav_to_mel_spectrogram (librosa.feature.melspectrogram with
-    n_fft=400, hop 160, centred, zero padding; checked in tests/test_search.py), computed with numpy: the
+    n_fft=400, hop 160, centred, zero padding; checked in tests/test_reimplementations.py), computed with numpy: the
     first librosa call in a process costs seconds of imports and JIT compilation, which a query cannot afford.
     """
     audio, _ = _louder(np.asarray(audio, np.float32))

@@ -3,7 +3,7 @@
 Importing torch alone takes seconds, more than a whole query on an indexed video may cost. The query clip
 only needs one embedding, so its path reads Resemblyzer's weights (resemblyzer/pretrained.pt, torch's
 legacy serialisation) with a small unpickler, runs the 3-layer LSTM + linear + ReLU + L2 norm in numpy
-(equal to the torch model to 1e-5, tests/test_search.py), and trims silences with WebRTC VAD the way
+(equal to the torch model to 1e-5, tests/test_reimplementations.py), and trims silences with WebRTC VAD the way
 Resemblyzer's own `preprocess_wav` does (30 ms frames, moving average over 8, dilated over 7 frames).
 The index keeps the torch model and Silero VAD, which are faster on hours of audio.
 """
