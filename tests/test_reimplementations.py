@@ -8,11 +8,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from search_media import FIXTURES, voice_piece  # noqa: E402
 
 
+@pytest.mark.filterwarnings("ignore:Please import `binary_dilation`:DeprecationWarning")  # resemblyzer's import
 def test_numpy_mel_equals_resemblyzers_librosa_mel() -> None:
     from resemblyzer.audio import wav_to_mel_spectrogram
 
